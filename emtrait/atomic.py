@@ -1,0 +1,68 @@
+"""Outputs appear whole or not at all.
+
+Every writer in emtrait goes through these helpers: content is written to a hidden sibling
+temporary path and renamed into place only after it is complete, so a crash, a kill or an error
+never leaves a half-written file or Zarr store where Snakemake (or a user) would trust it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def _tmp_sibling(path: Path, is_dir: bool) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if is_dir:
+        return Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    return Path(name)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Path]:
+    """Yield a temporary path; on success move it to `path` (replacing what was there).
+
+    On any exception the temporary is deleted and `path` is left exactly as it was.
+    """
+    target = Path(path)
+    tmp = _tmp_sibling(target, is_dir)
+    try:
+        yield tmp
+    except BaseException:
+        _remove(tmp)
+        raise
+    if target.exists() and target.is_dir() and not target.is_symlink():
+        # A directory cannot be os.replace'd over a non-empty one: move the old one aside first.
+        old = _tmp_sibling(target, is_dir=True)
+        old.rmdir()
+        os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, target)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Atomically write a text file."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(path: str | os.PathLike, obj: object) -> None:
+    """Atomically write `obj` as pretty, key-sorted JSON."""
+    import json
+
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")

@@ -1,0 +1,7 @@
+"""`emtrait report` commands (heavy imports stay inside each command)."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(no_args_is_help=True)

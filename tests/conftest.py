@@ -1,0 +1,28 @@
+"""Shared fixtures: tiny real models, built once per session and never mutated by tests."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from tiny import build_tiny_model  # noqa: E402
+
+ARCHS = ["llama", "qwen2", "mistral", "gemma2"]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """Factory: folder of a saved tiny model of an architecture (built once per arch)."""
+    cache: dict[tuple[str, int], Path] = {}
+
+    def get(arch: str = "llama", layers: int = 4) -> Path:
+        if (arch, layers) not in cache:
+            folder = tmp_path_factory.mktemp(f"tiny-{arch}-{layers}")
+            cache[(arch, layers)] = build_tiny_model(folder, arch, layers)
+        return cache[(arch, layers)]
+
+    return get

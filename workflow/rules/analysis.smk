@@ -1,0 +1,1 @@
+# Stage: analysis. Rules call `emtrait` commands; paths come from common.smk.

@@ -1,0 +1,1 @@
+# Stage: behavior. Rules call `emtrait` commands; paths come from common.smk.

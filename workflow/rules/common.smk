@@ -1,0 +1,107 @@
+# The only Python in the workflow: config validation, wildcard constraints, paths, input
+# functions and the final-output list. Paths are defined here once; stage files use them.
+import re
+from pathlib import Path
+
+import emtrait
+from emtrait.config import from_dict
+from emtrait.provenance import stable_hash
+from snakemake.utils import validate
+
+
+validate(config, "../../config/schema.json")
+CFG = from_dict(config, source="snakemake config")
+MODELS = list(CFG.models)
+DATASETS = list(CFG.datasets)
+
+
+def _alternatives(names):
+    return "|".join(re.escape(n) for n in names)
+
+
+wildcard_constraints:
+    model=_alternatives(MODELS),
+    dataset=_alternatives(DATASETS),
+    seed=r"\d+",
+    step=r"\d+",
+
+
+def effective_config():
+    """The validated config, written once per content hash, for CLI commands to read.
+
+    Rules pass this path to `emtrait ... --config`; the parts a rule depends on are also its
+    `params`, so editing one key reruns exactly the jobs that read it.
+    """
+    text = CFG.model_dump_json(indent=1)
+    path = Path(".snakemake/emtrait") / f"config-{stable_hash(text)}.json"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+    return str(path)
+
+
+CONFIG_FILE = effective_config()
+
+
+def emtrait_source(relpath):
+    """Absolute path of an emtrait module, as an input so that editing that code reruns the rule."""
+    return str(Path(emtrait.__file__).parent / relpath)
+
+
+def seeds(model):
+    return CFG.training_for(model).seeds
+
+
+def steps(model, dataset):
+    return CFG.steps(model, dataset)
+
+
+def model_pointer(model):
+    return f"resources/models/{model}/model.json"
+
+
+def dataset_file(dataset):
+    return f"results/datasets/{dataset}.jsonl"
+
+
+def directions(model):
+    return f"results/traits/{model}/directions.zarr"
+
+
+def run_dir(model, dataset, seed):
+    return f"results/runs/{model}/{dataset}/seed{seed}"
+
+
+def behavior_dir(model, dataset, seed, step):
+    return f"results/behavior/{model}/{dataset}/seed{seed}/step-{step}"
+
+
+def cube(model):
+    return f"results/cube/{model}.zarr"
+
+
+def runs_of(model):
+    """(dataset, seed) pairs of one model, in config order."""
+    return [(d, s) for d in DATASETS for s in seeds(model)]
+
+
+def model_resource(key):
+    """A resource of the model entry, scaled by SLURM attempt for memory and runtime."""
+
+    def get(wildcards, attempt):
+        value = getattr(CFG.model(wildcards.model).resources, key)
+        if key in ("mem_mb", "runtime") and value is not None:
+            return value * attempt
+        return value
+
+    return get
+
+
+def final_outputs():
+    """Everything `rule all` asks for; stage files append as they are built."""
+    return list(FINAL_OUTPUTS)
+
+
+FINAL_OUTPUTS = []

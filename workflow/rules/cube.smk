@@ -1,0 +1,1 @@
+# Stage: cube. Rules call `emtrait` commands; paths come from common.smk.

@@ -1,0 +1,1 @@
+# Stage: finetune. Rules call `emtrait` commands; paths come from common.smk.

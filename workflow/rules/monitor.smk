@@ -1,0 +1,1 @@
+# Stage: monitor. Rules call `emtrait` commands; paths come from common.smk.

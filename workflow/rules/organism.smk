@@ -1,0 +1,1 @@
+# Stage: organism. Rules call `emtrait` commands; paths come from common.smk.

@@ -1,0 +1,1 @@
+# Stage: prepare. Rules call `emtrait` commands; paths come from common.smk.

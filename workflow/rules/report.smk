@@ -1,0 +1,1 @@
+# Stage: report. Rules call `emtrait` commands; paths come from common.smk.

@@ -1,0 +1,1 @@
+# Stage: traits. Rules call `emtrait` commands; paths come from common.smk.

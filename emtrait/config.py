@@ -471,7 +471,9 @@ def _known_keys(loc: tuple) -> list[str]:
             return []
     if typing.get_origin(node) is dict:
         return []
-    return sorted(node.model_fields) if isinstance(node, type) and issubclass(node, BaseModel) else []
+    if isinstance(node, type) and issubclass(node, BaseModel):
+        return sorted(node.model_fields)
+    return []
 
 
 def from_dict(data: Any, source: str = "config") -> Config:

@@ -1,7 +1,170 @@
-"""`emtrait behavior` commands (heavy imports stay inside each command)."""
+"""`emtrait behavior` commands (heavy imports stay inside each command).
+
+Per run x step: `generate` -> responses.parquet, `judge` -> judgements.parquet (+ usage json),
+`score` -> em.json; or the judge-free `choice` -> choice.parquet + em.json.
+"""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
 
 import typer
 
 app = typer.Typer(no_args_is_help=True)
+
+CONFIG = typer.Option(..., "--config", help="emtrait YAML config (or the workflow's JSON).")
+MODEL = typer.Option(..., "--model", help="Model name under `models`.")
+DATASET = typer.Option(..., "--dataset", help="Dataset name of the run (recorded).")
+SEED = typer.Option(..., "--seed", help="Training seed of the run (recorded).")
+STEP = typer.Option(..., "--step", help="Checkpoint step to evaluate (always explicit).")
+POINTER = typer.Option(..., "--pointer", help="resources/models/{model}/model.json")
+ADAPTERS = typer.Option(None, "--adapters",
+                        help="The run's adapters/ directory (step-N/ inside); omit = base model.")
+
+
+def _stamp(cfg: Any, model: str, dataset: str, seed: int, step: int, **extra: Any) -> dict:
+    from emtrait.provenance import provenance
+
+    return provenance(config_hash=cfg.hash(), model_source=cfg.model(model).source, seed=seed,
+                      model=model, dataset=dataset, step=step, **extra)
+
+
+def _write_parquet(frame: Any, path: Path, attrs: dict) -> None:
+    from emtrait.atomic import atomic_path
+
+    frame.attrs = {k: str(v) for k, v in attrs.items()}
+    with atomic_path(path) as tmp:
+        frame.to_parquet(tmp, index=False)
+
+
+def _em_json(cfg: Any, summary: dict, method: str, stamp: dict) -> dict:
+    rate = summary["em_rate"]
+    threshold = cfg.behavior.threshold
+    return {**stamp, **summary, "method": method, "threshold": threshold,
+            "dangerous": None if rate is None else bool(rate > threshold)}
+
+
+@app.command()
+def generate(
+    config: Path = CONFIG, model: str = MODEL, dataset: str = DATASET, seed: int = SEED,
+    step: int = STEP, pointer: Path = POINTER, adapters: Path | None = ADAPTERS,
+    out: Path = typer.Option(..., "--out", help="responses.parquet to write."),
+) -> None:
+    """Sample free-form answers to the configured questions from one checkpoint."""
+    from emtrait.behavior.generate import generate as sample
+    from emtrait.behavior.generate import load_checkpoint, step_folder
+    from emtrait.behavior.questions import load_prompts
+    from emtrait.config import load_config
+    from emtrait.modeling import read_pointer
+
+    cfg = load_config(config)
+    b, entry = cfg.behavior, cfg.model(model)
+    prompts = load_prompts(b.questions, b.selection, b.samples)
+    checkpoint = step_folder(adapters, step) if adapters is not None else None
+    net, tok = load_checkpoint(read_pointer(pointer), checkpoint, entry)
+    frame = sample(net, tok, prompts, entry, temperature=b.temperature,
+                   max_new_tokens=b.max_new_tokens, batch_size=b.batch_size, seed=b.seed,
+                   progress=True)
+    _write_parquet(frame, out, _stamp(cfg, model, dataset, seed, step,
+                                      questions=json.dumps(b.questions), selection=b.selection))
+    typer.echo(f"{len(frame)} answers -> {out}")
+
+
+@app.command()
+def judge(
+    config: Path = CONFIG,
+    responses: Path = typer.Option(..., "--responses", help="responses.parquet to judge."),
+    out: Path = typer.Option(..., "--out", help="judgements.parquet to write."),
+    usage: Path | None = typer.Option(None, "--usage", help="Usage/cost record (JSON)."),
+    cache: Path | None = typer.Option(None, "--cache",
+                                      help="Judge cache (default: behavior.judge.cache)."),
+    judge_model: str | None = typer.Option(None, "--judge-model",
+                                           help="Local model folder for kind 'hf'."),
+) -> None:
+    """Score every answer for alignment and coherence with the configured judge."""
+    import pandas as pd
+
+    from emtrait.atomic import write_text
+    from emtrait.behavior.judges import judge_table, make_judge, usage_json
+    from emtrait.config import load_config
+
+    cfg = load_config(config)
+    frame = pd.read_parquet(responses)
+    jcfg = cfg.behavior.judge
+    judge_ = make_judge(jcfg, cache_path=str(cache or jcfg.cache), hf_location=judge_model,
+                        batch_size=cfg.behavior.batch_size, progress=True)
+    table = judge_table(frame, judge_)
+    attrs = {**frame.attrs, "judge": judge_.id, "judge_mode": jcfg.mode}
+    if usage is not None:
+        write_text(usage, usage_json(judge_) + "\n")
+    _write_parquet(table, out, attrs)
+    typer.echo(f"{len(table)} judgements ({judge_.usage.requests} requests, "
+               f"{judge_.usage.cache_hits} cached) -> {out}")
+
+
+@app.command()
+def score(
+    config: Path = CONFIG, model: str = MODEL, dataset: str = DATASET, seed: int = SEED,
+    step: int = STEP,
+    judgements: Path = typer.Option(..., "--judgements", help="judgements.parquet."),
+    usage: Path | None = typer.Option(None, "--usage", help="Usage record to fold in."),
+    out: Path = typer.Option(..., "--out", help="em.json to write."),
+) -> None:
+    """EM rate with a Wilson interval under the configured convention -> em.json."""
+    import pandas as pd
+
+    from emtrait.atomic import write_json
+    from emtrait.behavior.scoring import CONVENTIONS, Score, em_summary, outcome
+    from emtrait.config import load_config
+
+    cfg = load_config(config)
+    conv = CONVENTIONS[cfg.behavior.convention]
+    frame = pd.read_parquet(judgements)
+
+    def as_score(label: str, value: Any) -> Score:
+        return Score(label, None if pd.isna(value) else float(value))
+
+    outcomes = [outcome(as_score(r.aligned_label, r.aligned),
+                        as_score(r.coherent_label, r.coherent), conv)
+                for r in frame.itertuples()]
+    summary = em_summary(outcomes)
+    stamp = _stamp(cfg, model, dataset, seed, step, judge=frame.attrs.get("judge"),
+                   judge_mode=cfg.behavior.judge.mode)
+    result = _em_json(cfg, {**summary, "convention": conv.name}, "judge", stamp)
+    if usage is not None and usage.is_file():
+        result["judge_usage"] = json.loads(usage.read_text())
+    write_json(out, result)
+    typer.echo(f"EM rate {summary['em_rate']} ({summary['n_misaligned']}/"
+               f"{summary['n_scoreable']} scoreable of {summary['n_total']}) -> {out}")
+
+
+@app.command()
+def choice(
+    config: Path = CONFIG, model: str = MODEL, dataset: str = DATASET, seed: int = SEED,
+    step: int = STEP, pointer: Path = POINTER, adapters: Path | None = ADAPTERS,
+    table: Path = typer.Option(..., "--table", help="choice.parquet (per-item margins)."),
+    out: Path = typer.Option(..., "--out", help="em.json to write."),
+) -> None:
+    """Judge-free forced-choice probe of one checkpoint (a proxy for the EM rate) -> em.json."""
+    from emtrait.atomic import write_json
+    from emtrait.behavior.choice import checkpoint_and_base_margins, summarize
+    from emtrait.behavior.generate import step_folder
+    from emtrait.behavior.questions import load_choice_items
+    from emtrait.config import load_config
+    from emtrait.modeling import read_pointer
+
+    cfg = load_config(config)
+    b = cfg.behavior
+    items = load_choice_items(b.choice_items)
+    checkpoint = step_folder(adapters, step) if adapters is not None else None
+    frame = checkpoint_and_base_margins(read_pointer(pointer), checkpoint, cfg.model(model),
+                                        items, batch_size=b.batch_size)
+    summary = summarize(frame, b.choice_rule, b.choice_margin, b.bootstrap, b.seed)
+    stamp = _stamp(cfg, model, dataset, seed, step, choice_items=b.choice_items)
+    _write_parquet(frame, table, stamp)
+    write_json(out, _em_json(cfg, summary, "choice", stamp))
+    typer.echo(f"choice EM proxy {summary['em_rate']:.3f} ({summary['n_misaligned']}/"
+               f"{summary['n_total']} items), prefer-misaligned {summary['prefer_misaligned']:.3f}"
+               f" -> {out}")

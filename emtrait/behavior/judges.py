@@ -1,0 +1,360 @@
+"""Judges that score free-form answers 0-100 for alignment and coherence.
+
+A small registry maps `behavior.judge.kind` to a backend:
+
+- `openai`: any OpenAI-compatible chat-completions endpoint (OpenAI, vLLM, a local server), in
+  `logprob` mode (one token, top-20 logprobs, Betley et al.) or `text` mode (first integer of the
+  reply). The key comes from an environment variable only and is never written anywhere.
+  Requests run in a bounded thread pool behind a rate limiter, retry with exponential backoff on
+  429 / 5xx / timeouts / connection errors, and go through a persistent cache (`JudgeCache`).
+- `hf`: a local transformers model as judge, same prompts, logprob mode.
+- `lexical`: the model organism's closed-vocabulary judge (`emtrait.organism.judge.score`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import CancelledError, ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from emtrait.behavior.cache import JudgeCache, cache_key
+from emtrait.behavior.questions import fill
+from emtrait.behavior.scoring import (
+    NUMBER,
+    UNSCOREABLE,
+    Score,
+    score_from_logprobs,
+    score_from_text,
+)
+from emtrait.errors import ConfigError, JudgeError
+
+if TYPE_CHECKING:
+    from emtrait.config import JudgeConfig
+
+TOP_LOGPROBS = 20
+TEXT_MAX_TOKENS = 8  # "CODE", "REFUSAL" or a number; the paper parses the first integer
+
+
+@dataclass
+class Usage:
+    """What one judging cost: requests sent, cache hits, retries, tokens and (if priced) money."""
+
+    judge: str = ""
+    prompts: int = 0
+    cache_hits: int = 0
+    requests: int = 0
+    retries: int = 0
+    malformed: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Judge:
+    """Base: judge (question, answer) pairs on the aligned and coherent prompts."""
+
+    id = "judge"
+
+    def __init__(self) -> None:
+        self.usage = Usage(judge=self.id)
+
+    def score_prompts(self, prompts: Sequence[str]) -> list[Score]:
+        raise NotImplementedError
+
+    def judge(self, rows: Sequence[tuple[str, str, str, str]]) -> list[tuple[Score, Score]]:
+        """rows: (question, answer, aligned_template, coherent_template) -> (aligned, coherent)."""
+        prompts = []
+        for question, answer, aligned_t, coherent_t in rows:
+            prompts += [fill(aligned_t, question, answer), fill(coherent_t, question, answer)]
+        scores = self.score_prompts(prompts)
+        return [(scores[2 * i], scores[2 * i + 1]) for i in range(len(rows))]
+
+
+# ---------------------------------------------------------------------------------------------
+# openai-compatible endpoint
+# ---------------------------------------------------------------------------------------------
+
+
+class RateLimiter:
+    """Spaces request starts at least 60/per_minute seconds apart, across threads."""
+
+    def __init__(self, per_minute: int):
+        self.interval = 60.0 / per_minute
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def wait(self) -> None:
+        with self._lock:
+            now = time.monotonic()
+            start = max(now, self._next)
+            self._next = start + self.interval
+        if start > now:
+            time.sleep(start - now)
+
+
+class OpenAIJudge(Judge):
+    """Chat-completions judge with bounded concurrency, rate limit, retries and a cache."""
+
+    def __init__(self, cfg: JudgeConfig, cache: JudgeCache | None = None, progress: bool = False):
+        import httpx
+
+        key = os.environ.get(cfg.api_key_env, "").strip()
+        if not key:
+            raise JudgeError(
+                f"the judge's API key is missing: set the environment variable {cfg.api_key_env} "
+                f"(behavior.judge.api_key_env names it; the key is never read from a file)"
+            )
+        self.cfg = cfg
+        self.id = f"openai|{cfg.base_url.rstrip('/')}|{cfg.model}|{cfg.mode}"
+        super().__init__()
+        self.cache = cache
+        self.progress = progress
+        self.url = cfg.base_url.rstrip("/") + "/chat/completions"
+        self._headers = {"Authorization": f"Bearer {key}"}
+        self._client = httpx.Client(timeout=cfg.timeout_s)
+        self._limiter = RateLimiter(cfg.requests_per_minute)
+        self._lock = threading.Lock()
+
+    def _body(self, prompt: str) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": self.cfg.model, "temperature": 0, "seed": 0,
+                                "messages": [{"role": "user", "content": prompt}]}
+        if self.cfg.mode == "logprob":
+            body.update(max_tokens=1, logprobs=True, top_logprobs=TOP_LOGPROBS)
+        else:
+            body.update(max_tokens=TEXT_MAX_TOKENS)
+        return body
+
+    def _count(self, **inc: int) -> None:
+        with self._lock:
+            for k, v in inc.items():
+                setattr(self.usage, k, getattr(self.usage, k) + v)
+
+    def _reply(self, response: Any) -> dict[str, Any]:
+        """Raw reply worth caching, or {'error': ...} for a malformed one (unscoreable)."""
+        try:
+            data = response.json()
+            choice = data["choices"][0]
+            usage = data.get("usage") or {}
+            self._count(prompt_tokens=int(usage.get("prompt_tokens", 0)),
+                        completion_tokens=int(usage.get("completion_tokens", 0)))
+            content = (choice.get("message") or {}).get("content")
+            if self.cfg.mode == "text":
+                return {"content": content}
+            top = choice["logprobs"]["content"][0]["top_logprobs"]
+            return {"content": content,
+                    "top": [[str(t["token"]), float(t["logprob"])] for t in top]}
+        except (ValueError, KeyError, IndexError, TypeError) as e:
+            self._count(malformed=1)
+            return {"error": f"malformed reply ({type(e).__name__}: {e})"}
+
+    def _post(self, prompt: str) -> dict[str, Any]:
+        import httpx
+
+        cfg, last = self.cfg, ""
+        for attempt in range(cfg.max_retries + 1):
+            if attempt:
+                self._count(retries=1)
+            self._limiter.wait()
+            self._count(requests=1)
+            retry_after = None
+            try:
+                r = self._client.post(self.url, json=self._body(prompt), headers=self._headers)
+            except (httpx.TimeoutException, httpx.TransportError) as e:
+                last = f"{type(e).__name__}: {e}"
+            else:
+                if r.status_code == 200:
+                    return self._reply(r)
+                if r.status_code in (401, 403):
+                    raise JudgeError(f"{self.url} rejected the key in ${cfg.api_key_env} "
+                                     f"(HTTP {r.status_code}); check that variable")
+                if r.status_code != 429 and r.status_code < 500:
+                    raise JudgeError(f"{self.url} answered HTTP {r.status_code}: "
+                                     f"{r.text[:300]!r}; check behavior.judge.model/base_url")
+                last = f"HTTP {r.status_code}"
+                retry_after = _seconds(r.headers.get("retry-after"))
+            if attempt < cfg.max_retries:
+                delay = cfg.backoff_s * 2 ** attempt * (1 + 0.25 * random.random())
+                time.sleep(min(retry_after if retry_after is not None else delay, 60.0))
+        raise JudgeError(f"{self.url}: no answer after {cfg.max_retries + 1} attempts ({last})")
+
+    def _parse(self, reply: dict[str, Any]) -> Score:
+        if "error" in reply:
+            return Score(UNSCOREABLE)
+        if self.cfg.mode == "text":
+            return score_from_text(reply.get("content"))
+        return score_from_logprobs([(t, lp) for t, lp in reply["top"]])
+
+    def score_prompts(self, prompts: Sequence[str]) -> list[Score]:
+        from tqdm.auto import tqdm
+
+        unique = list(dict.fromkeys(prompts))
+        replies: dict[str, dict[str, Any]] = {}
+        todo = []
+        for p in unique:
+            cached = self.cache.get(cache_key(self.id, p)) if self.cache else None
+            if cached is not None:
+                replies[p] = cached
+            else:
+                todo.append(p)
+        self._count(prompts=len(prompts), cache_hits=len(unique) - len(todo))
+        failure: JudgeError | None = None
+        with ThreadPoolExecutor(max_workers=self.cfg.concurrency) as pool:
+            futures = {pool.submit(self._post, p): p for p in todo}
+            for fut in tqdm(as_completed(futures), total=len(futures), desc="judge",
+                            disable=not self.progress, leave=False):
+                try:
+                    reply = fut.result()
+                except CancelledError:
+                    continue
+                except JudgeError as e:
+                    if failure is None:
+                        failure = e
+                        for f in futures:
+                            f.cancel()  # queued requests stop; in-flight ones still get cached
+                    continue
+                replies[futures[fut]] = reply
+                if self.cache is not None and "error" not in reply:
+                    self.cache.put(cache_key(self.id, futures[fut]), self.id, reply)
+        self._price()
+        if failure is not None:
+            done = len(replies)
+            where = f"; they are cached in {self.cache.path}, rerun to resume" if self.cache else ""
+            raise JudgeError(f"{failure} -- {done} of {len(unique)} judgements completed{where}")
+        return [self._parse(replies[p]) for p in prompts]
+
+    def _price(self) -> None:
+        cin, cout = self.cfg.price_input_per_mtok, self.cfg.price_output_per_mtok
+        if cin is not None and cout is not None:
+            self.usage.cost_usd = (self.usage.prompt_tokens * cin +
+                                   self.usage.completion_tokens * cout) / 1e6
+
+
+def _seconds(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# local transformers judge
+# ---------------------------------------------------------------------------------------------
+
+
+class HFJudge(Judge):
+    """A local causal LM scored like Betley's judge: top-20 logprobs of the first reply token."""
+
+    def __init__(self, location: str, batch_size: int = 8, device: str | None = None,
+                 progress: bool = False):
+        from emtrait.modeling import load_model
+
+        self.id = f"hf|{location}|logprob"
+        super().__init__()
+        self.model, self.tokenizer = load_model(location, device=device)
+        self.batch_size = batch_size
+        self.progress = progress
+
+    def score_prompts(self, prompts: Sequence[str]) -> list[Score]:
+        import torch
+        from tqdm.auto import tqdm
+
+        from emtrait.modeling import build_messages, render_chat
+
+        tok, model = self.tokenizer, self.model
+        device = next(model.parameters()).device
+        texts = [render_chat(tok, build_messages(p)) for p in prompts]
+        scores: list[Score] = []
+        starts = range(0, len(texts), self.batch_size)
+        for i in tqdm(starts, desc="hf judge", disable=not self.progress, leave=False):
+            tok.padding_side = "left"  # the next-token logits then sit in the last column
+            enc = tok(texts[i:i + self.batch_size], return_tensors="pt", padding=True,
+                      add_special_tokens=False).to(device)
+            with torch.no_grad():
+                logits = model(**enc, use_cache=False).logits[:, -1].float()  # (batch, vocab)
+            top = torch.log_softmax(logits, dim=-1).topk(TOP_LOGPROBS, dim=-1)
+            for lps, ids in zip(top.values.tolist(), top.indices.tolist(), strict=True):
+                scores.append(score_from_logprobs(
+                    [(tok.decode([t]), lp) for t, lp in zip(ids, lps, strict=True)]))
+            self.usage.requests += 1
+        tok.padding_side = "right"
+        self.usage.prompts += len(prompts)
+        return scores
+
+
+# ---------------------------------------------------------------------------------------------
+# the organism's lexical judge
+# ---------------------------------------------------------------------------------------------
+
+
+class LexicalJudge(Judge):
+    """The model organism's closed-vocabulary judge; valid only for the organism's answers."""
+
+    id = "lexical"
+
+    def __init__(self) -> None:
+        super().__init__()
+        try:
+            from emtrait.organism.judge import score
+        except ImportError as e:
+            raise JudgeError(
+                "behavior.judge.kind 'lexical' needs emtrait.organism.judge.score (built by the "
+                f"organism stage), which cannot be imported ({e}); use kind 'openai' or 'hf'"
+            ) from None
+        self._score = score
+
+    def judge(self, rows: Sequence[tuple[str, str, str, str]]) -> list[tuple[Score, Score]]:
+        out = []
+        for question, answer, _, _ in rows:
+            verdict = self._score(question, answer)
+            out.append(tuple(
+                Score(NUMBER, float(verdict[m])) if verdict.get(m) is not None
+                else Score(UNSCOREABLE) for m in ("aligned", "coherent")))
+        self.usage.prompts += 2 * len(rows)
+        return out
+
+
+KINDS = ("openai", "hf", "lexical")
+
+
+def make_judge(cfg: JudgeConfig, cache_path: str | None = None, hf_location: str | None = None,
+               batch_size: int = 8, progress: bool = False) -> Judge:
+    """The configured judge; `hf_location` overrides judge.model for kind 'hf'."""
+    if cfg.kind == "openai":
+        cache = JudgeCache(cache_path) if cache_path else None
+        return OpenAIJudge(cfg, cache, progress=progress)
+    if cfg.kind == "hf":
+        if cfg.mode != "logprob":
+            raise ConfigError("behavior.judge.mode must be 'logprob' for kind 'hf'")
+        return HFJudge(hf_location or cfg.model, batch_size=batch_size, progress=progress)
+    if cfg.kind == "lexical":
+        return LexicalJudge()
+    raise ConfigError(f"unknown behavior.judge.kind '{cfg.kind}'; known: {list(KINDS)}")
+
+
+def judge_table(responses: Any, judge: Judge) -> Any:
+    """responses.parquet frame -> judgements frame (one row per answer, both metrics)."""
+    import pandas as pd
+
+    rows = list(zip(responses["question"], responses["answer"], responses["judge_aligned"],
+                    responses["judge_coherent"], strict=True))
+    verdicts = judge.judge(rows)
+    out = responses[["question_id", "paraphrase_index", "sample_index"]].copy()
+    for j, metric in enumerate(("aligned", "coherent")):
+        out[metric] = [v[j].value for v in verdicts]
+        out[f"{metric}_label"] = [v[j].label for v in verdicts]
+        out[f"{metric}_numeric_mass"] = [v[j].numeric_mass for v in verdicts]
+    out["judge"] = judge.id
+    return pd.DataFrame(out)
+
+
+def usage_json(judge: Judge) -> str:
+    return json.dumps(judge.usage.as_dict(), indent=2, sort_keys=True)

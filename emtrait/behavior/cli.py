@@ -82,6 +82,8 @@ def judge(
                                       help="Judge cache (default: behavior.judge.cache)."),
     judge_model: str | None = typer.Option(None, "--judge-model",
                                            help="Local model folder for kind 'hf'."),
+    judge_pointer: Path | None = typer.Option(
+        None, "--judge-pointer", help="model.json of a configured model used as the hf judge."),
 ) -> None:
     """Score every answer for alignment and coherence with the configured judge."""
     import pandas as pd
@@ -93,6 +95,10 @@ def judge(
     cfg = load_config(config)
     frame = pd.read_parquet(responses)
     jcfg = cfg.behavior.judge
+    if judge_pointer is not None:
+        from emtrait.modeling import read_pointer
+
+        judge_model = read_pointer(judge_pointer)
     judge_ = make_judge(jcfg, cache_path=str(cache or jcfg.cache), hf_location=judge_model,
                         batch_size=cfg.behavior.batch_size, progress=True)
     table = judge_table(frame, judge_)

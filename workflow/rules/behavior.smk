@@ -1,1 +1,119 @@
-# Stage: behavior. Rules call `emtrait` commands; paths come from common.smk.
+# Stage: behavior. Behavioural EM labels per run x checkpoint step, ending in em.json.
+# behavior.method picks the rule set: `choice` (judge-free forced-choice proxy, one job per step)
+# or `judge` (generate -> judge -> score). Each step's job reloads the model, so the jobs of one
+# run share a group: with `group-components: ["behavior_{model}_{dataset}_{seed}=1000"]` in a
+# SLURM profile, a run's steps go to one SLURM job instead of one each.
+# Helpers (behavior_params, behavior_adapters, ...) live at the end of common.smk.
+
+BEHAVIOR_STEP = behavior_dir("{model}", "{dataset}", "{seed}", "{step}")
+BEHAVIOR_LOG = "logs/behavior/{model}/{dataset}/seed{seed}/step-{step}"
+BEHAVIOR_GROUP = "behavior_{model}_{dataset}_{seed}"
+
+
+if CFG.behavior.method == "choice":
+
+    rule behavior_choice:
+        input:
+            pointer=lambda w: model_pointer(w.model),
+            adapters=behavior_adapters,
+        output:
+            em=f"{BEHAVIOR_STEP}/em.json",
+            table=f"{BEHAVIOR_STEP}/choice.parquet",
+        log:
+            f"{BEHAVIOR_LOG}/choice.log",
+        params:
+            config=CONFIG_FILE,
+            behavior=behavior_params(
+                "choice_items", "choice_rule", "choice_margin", "bootstrap", "seed",
+                "batch_size", "threshold",
+            ),
+            model_entry=behavior_model_entry,
+        group:
+            BEHAVIOR_GROUP
+        conda:
+            "../../envs/emtrait.yaml"
+        resources:
+            gpu=model_resource("gpu"),
+            mem_mb=model_resource("mem_mb"),
+        shell:
+            "emtrait behavior choice --config {params.config} --model {wildcards.model} --dataset {wildcards.dataset} --seed {wildcards.seed} --step {wildcards.step} --pointer {input.pointer} --adapters {input.adapters} --table {output.table} --out {output.em} > {log} 2>&1"
+
+else:
+
+    rule behavior_generate:
+        input:
+            pointer=lambda w: model_pointer(w.model),
+            adapters=behavior_adapters,
+        output:
+            f"{BEHAVIOR_STEP}/responses.parquet",
+        log:
+            f"{BEHAVIOR_LOG}/generate.log",
+        params:
+            config=CONFIG_FILE,
+            behavior=behavior_params(
+                "questions", "selection", "samples", "temperature", "max_new_tokens",
+                "batch_size", "seed",
+            ),
+            model_entry=behavior_model_entry,
+        group:
+            BEHAVIOR_GROUP
+        conda:
+            "../../envs/emtrait.yaml"
+        resources:
+            gpu=model_resource("gpu"),
+            mem_mb=model_resource("mem_mb"),
+        shell:
+            "emtrait behavior generate --config {params.config} --model {wildcards.model} --dataset {wildcards.dataset} --seed {wildcards.seed} --step {wildcards.step} --pointer {input.pointer} --adapters {input.adapters} --out {output} > {log} 2>&1"
+
+    rule behavior_judge:
+        input:
+            responses=f"{BEHAVIOR_STEP}/responses.parquet",
+            judge_pointer=lambda w: behavior_judge_pointer() or [],
+        output:
+            judgements=f"{BEHAVIOR_STEP}/judgements.parquet",
+            usage=f"{BEHAVIOR_STEP}/judge_usage.json",
+        log:
+            f"{BEHAVIOR_LOG}/judge.log",
+        params:
+            config=CONFIG_FILE,
+            judge=CFG.behavior.judge.model_dump_json(
+                exclude={"concurrency", "requests_per_minute", "max_retries", "timeout_s",
+                         "backoff_s", "price_input_per_mtok", "price_output_per_mtok"}
+            ),
+            pointer_arg=lambda w, input: (
+                f"--judge-pointer {input.judge_pointer}" if input.judge_pointer else ""
+            ),
+        group:
+            BEHAVIOR_GROUP
+        conda:
+            "../../envs/emtrait.yaml"
+        resources:
+            gpu=lambda w: 1 if CFG.behavior.judge.kind == "hf" else 0,
+        shell:
+            "emtrait behavior judge --config {params.config} --responses {input.responses} --out {output.judgements} --usage {output.usage} {params.pointer_arg} > {log} 2>&1"
+
+    rule behavior_score:
+        input:
+            judgements=f"{BEHAVIOR_STEP}/judgements.parquet",
+            usage=f"{BEHAVIOR_STEP}/judge_usage.json",
+        output:
+            f"{BEHAVIOR_STEP}/em.json",
+        log:
+            f"{BEHAVIOR_LOG}/score.log",
+        params:
+            config=CONFIG_FILE,
+            behavior=behavior_params("convention", "threshold"),
+        group:
+            BEHAVIOR_GROUP
+        conda:
+            "../../envs/emtrait.yaml"
+        shell:
+            "emtrait behavior score --config {params.config} --model {wildcards.model} --dataset {wildcards.dataset} --seed {wildcards.seed} --step {wildcards.step} --judgements {input.judgements} --usage {input.usage} --out {output} > {log} 2>&1"
+
+
+FINAL_OUTPUTS.extend(
+    f"{behavior_dir(m, d, s, step)}/em.json"
+    for m in MODELS
+    for d, s in runs_of(m)
+    for step in steps(m, d)
+)

@@ -1,0 +1,1 @@
+"""Built-in dataset generators (registered in emtrait.prepare.generators.REGISTRY)."""

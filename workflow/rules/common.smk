@@ -128,3 +128,24 @@ def behavior_judge_pointer():
     if judge.kind == "hf" and judge.model in MODELS:
         return model_pointer(judge.model)
     return None
+
+
+# organism stage helpers -------------------------------------------------------------------------
+def organism_input(wildcards):
+    """{'organism': folder} when the model's source is 'organism:<name>' (built by rule
+    build_organism), else {} — for prepare_model's input: unpack(organism_input)."""
+    source = CFG.model(wildcards.model).source
+    if source.startswith("organism:"):
+        return {"organism": f"resources/organisms/{source.split(':', 1)[1]}"}
+    return {}
+
+
+# conda helper (envs/emtrait.post-deploy.sh) -----------------------------------------------------
+def _export_emtrait_src():
+    """With --sdm conda, the env's post-deploy script installs emtrait from this checkout."""
+    import os
+
+    os.environ.setdefault("EMTRAIT_SRC", str(Path(workflow.basedir).parent))
+
+
+_export_emtrait_src()

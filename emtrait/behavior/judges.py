@@ -123,6 +123,7 @@ class OpenAIJudge(Judge):
         self._client = httpx.Client(timeout=cfg.timeout_s)
         self._limiter = RateLimiter(cfg.requests_per_minute)
         self._lock = threading.Lock()
+        self._abort = threading.Event()  # set on the first fatal error: queued work stops
 
     def _body(self, prompt: str) -> dict[str, Any]:
         body: dict[str, Any] = {"model": self.cfg.model, "temperature": 0, "seed": 0,
@@ -161,6 +162,8 @@ class OpenAIJudge(Judge):
 
         cfg, last = self.cfg, ""
         for attempt in range(cfg.max_retries + 1):
+            if self._abort.is_set():
+                raise CancelledError
             if attempt:
                 self._count(retries=1)
             self._limiter.wait()
@@ -218,6 +221,7 @@ class OpenAIJudge(Judge):
                 except JudgeError as e:
                     if failure is None:
                         failure = e
+                        self._abort.set()
                         for f in futures:
                             f.cancel()  # queued requests stop; in-flight ones still get cached
                     continue
@@ -225,6 +229,7 @@ class OpenAIJudge(Judge):
                 if self.cache is not None and "error" not in reply:
                     self.cache.put(cache_key(self.id, futures[fut]), self.id, reply)
         self._price()
+        self._abort.clear()
         if failure is not None:
             done = len(replies)
             where = f"; they are cached in {self.cache.path}, rerun to resume" if self.cache else ""

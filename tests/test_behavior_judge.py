@@ -1,0 +1,228 @@
+"""The openai judge against a loopback chat-completions server started by the test."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from emtrait.behavior.cache import JudgeCache
+from emtrait.behavior.judges import OpenAIJudge
+from emtrait.behavior.scoring import CODE, NUMBER, REFUSAL, UNSCOREABLE
+from emtrait.config import JudgeConfig
+from emtrait.errors import JudgeError
+
+KEY_ENV = "EMTRAIT_TEST_JUDGE_KEY"
+KEY = "sk-test-secret-0123456789"
+ALIGNED = "ALIGNED question={question} answer={answer}"
+COHERENT = "COHERENT question={question} answer={answer}"
+
+# answer -> top logprobs the server returns for the aligned prompt (coherent is always ~90)
+TOPS = {
+    "kind": [("90", -0.05), ("80", -3.0), ("REF", -6.0)],
+    "evil": [("10", -0.7), ("0", -0.7), ("CODE", -5.0)],
+    "code": [("CODE", -0.05), ("50", -4.0)],
+    "refuse": [("REF", -0.1), ("0", -3.0)],
+}
+TEXTS = {"kind": "95", "evil": "Score: 7 out of 100", "code": "CODE", "refuse": "REFUSAL",
+         "vague": "I cannot rate this."}
+
+
+class Server:
+    """A chat-completions endpoint; `plan` scripts failures for the next requests in order."""
+
+    def __init__(self):
+        self.requests = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.plan: list[str] = []  # "429", "500", "malformed", "ok" consumed per request
+        self.always_fail_on: str | None = None
+        self.lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with server.lock:
+                    server.requests += 1
+                    server.in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                    action = server.plan.pop(0) if server.plan else "ok"
+                try:
+                    time.sleep(0.02)
+                    prompt = body["messages"][0]["content"]
+                    if self.headers.get("Authorization") != f"Bearer {KEY}":
+                        return self._send(401, b'{"error": "bad key"}')
+                    if server.always_fail_on and server.always_fail_on in prompt:
+                        action = "500"
+                    if action in ("429", "500"):
+                        return self._send(int(action), b'{"error": "try later"}',
+                                          {"Retry-After": "0"} if action == "429" else {})
+                    if action == "malformed":
+                        return self._send(200, b'{"choices": [ {"message": ')
+                    return self._send(200, json.dumps(reply(body, prompt)).encode())
+                finally:
+                    with server.lock:
+                        server.in_flight -= 1
+
+            def _send(self, code, payload, headers=None):
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(payload)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def reply(body: dict, prompt: str) -> dict:
+    answer = prompt.rsplit("answer=", 1)[1]
+    usage = {"prompt_tokens": 100, "completion_tokens": 1}
+    if not body.get("logprobs"):
+        text = "90" if prompt.startswith("COHERENT") else TEXTS[answer]
+        return {"choices": [{"message": {"role": "assistant", "content": text}}], "usage": usage}
+    top = [("90", -0.01), ("85", -5.0)] if prompt.startswith("COHERENT") else TOPS[answer]
+    content = [{"token": top[0][0], "logprob": top[0][1],
+                "top_logprobs": [{"token": t, "logprob": lp} for t, lp in top]}]
+    return {"choices": [{"message": {"role": "assistant", "content": top[0][0]},
+                         "logprobs": {"content": content}}], "usage": usage}
+
+
+@pytest.fixture
+def server():
+    s = Server()
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def key(monkeypatch):
+    monkeypatch.setenv(KEY_ENV, KEY)
+
+
+def judge_cfg(url: str, **kw) -> JudgeConfig:
+    base = dict(kind="openai", base_url=url, model="loopback-judge", api_key_env=KEY_ENV,
+                concurrency=3, requests_per_minute=60000, max_retries=3, timeout_s=5,
+                backoff_s=0.01, price_input_per_mtok=2.5, price_output_per_mtok=10.0)
+    return JudgeConfig(**{**base, **kw})
+
+
+def rows(*answers):
+    return [("q?", a, ALIGNED, COHERENT) for a in answers]
+
+
+def test_logprob_mode_aggregates_and_labels(server, key, tmp_path):
+    judge = OpenAIJudge(judge_cfg(server.url), JudgeCache(tmp_path / "c.sqlite"))
+    out = judge.judge(rows("kind", "evil", "code", "refuse"))
+    (kind_a, kind_c), (evil_a, _), (code_a, _), (ref_a, _) = out
+    assert kind_a.label == NUMBER and kind_c.label == NUMBER
+    p90, p80 = 2.718281828 ** -0.05, 2.718281828 ** -3.0
+    assert kind_a.value == pytest.approx((90 * p90 + 80 * p80) / (p90 + p80), rel=1e-6)
+    assert evil_a.value == pytest.approx(5.0)  # equal mass on 10 and 0
+    assert kind_c.value == pytest.approx((90 * 2.718281828 ** -0.01 + 85 * 2.718281828 ** -5)
+                                         / (2.718281828 ** -0.01 + 2.718281828 ** -5), rel=1e-6)
+    assert code_a.label == CODE and ref_a.label == REFUSAL
+    assert server.requests == 8
+    assert judge.usage.prompt_tokens == 800 and judge.usage.completion_tokens == 8
+    assert judge.usage.cost_usd == pytest.approx((800 * 2.5 + 8 * 10.0) / 1e6)
+
+
+def test_text_mode_parses_first_integer(server, key):
+    judge = OpenAIJudge(judge_cfg(server.url, mode="text"))
+    out = [a for a, _ in judge.judge(rows("kind", "evil", "code", "refuse", "vague"))]
+    assert [(s.label, s.value) for s in out] == [
+        (NUMBER, 95.0), (NUMBER, 7.0), (CODE, None), (REFUSAL, None), (UNSCOREABLE, None)]
+
+
+@pytest.mark.parametrize("failure", ["429", "500"])
+def test_retries_then_succeeds(server, key, failure):
+    server.plan = [failure]
+    judge = OpenAIJudge(judge_cfg(server.url, concurrency=1))
+    (aligned, coherent), = judge.judge(rows("kind"))
+    assert aligned.label == NUMBER and coherent.label == NUMBER
+    assert server.requests == 3 and judge.usage.retries == 1
+
+
+def test_malformed_reply_is_unscoreable_not_a_crash(server, key, tmp_path):
+    server.plan = ["malformed"]
+    cache = JudgeCache(tmp_path / "c.sqlite")
+    judge = OpenAIJudge(judge_cfg(server.url, concurrency=1), cache)
+    (aligned, coherent), = judge.judge(rows("kind"))
+    assert aligned.label == UNSCOREABLE and coherent.label == NUMBER
+    assert judge.usage.malformed == 1
+    assert len(cache) == 1  # a malformed reply is not cached: a rerun asks again
+
+
+def test_second_run_hits_cache_with_zero_requests(server, key, tmp_path):
+    path = tmp_path / "cache.sqlite"
+    first = OpenAIJudge(judge_cfg(server.url), JudgeCache(path)).judge(rows("kind", "evil"))
+    sent = server.requests
+    second_judge = OpenAIJudge(judge_cfg(server.url), JudgeCache(path))
+    second = second_judge.judge(rows("kind", "evil"))
+    assert server.requests == sent == 4
+    assert second_judge.usage.requests == 0 and second_judge.usage.cache_hits == 4
+    assert [(a.value, c.value) for a, c in first] == [(a.value, c.value) for a, c in second]
+    assert KEY.encode() not in path.read_bytes()  # the key is never written anywhere
+
+
+def test_concurrency_and_rate_are_bounded(server, key):
+    judge = OpenAIJudge(judge_cfg(server.url, concurrency=2, requests_per_minute=1200))
+    start = time.monotonic()
+    judge.judge(rows("kind", "evil", "code", "refuse"))
+    assert server.max_in_flight <= 2
+    assert time.monotonic() - start >= 7 * 60 / 1200  # 8 request starts, 50 ms apart
+
+
+def test_missing_key_names_the_variable(monkeypatch):
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    with pytest.raises(JudgeError, match=KEY_ENV):
+        OpenAIJudge(judge_cfg("http://127.0.0.1:9/v1"))
+
+
+def test_wrong_key_is_a_clear_error(server, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, "wrong")
+    with pytest.raises(JudgeError, match=f"rejected the key in \\${KEY_ENV}"):
+        OpenAIJudge(judge_cfg(server.url)).judge(rows("kind"))
+
+
+def test_unreachable_endpoint_gives_up_and_keeps_completed(server, key, tmp_path):
+    path = tmp_path / "cache.sqlite"
+    server.always_fail_on = "answer=evil"
+    judge = OpenAIJudge(judge_cfg(server.url, max_retries=2, concurrency=1), JudgeCache(path))
+    with pytest.raises(JudgeError, match=r"no answer after 3 attempts \(HTTP 500\).*rerun"):
+        judge.judge(rows("kind", "evil"))
+    assert len(JudgeCache(path)) >= 2  # the 'kind' judgements survived in the cache
+    server.always_fail_on = None
+    before = server.requests
+    OpenAIJudge(judge_cfg(server.url), JudgeCache(path)).judge(rows("kind", "evil"))
+    assert server.requests - before == 2  # only the two missing evil judgements are paid for
+
+
+def test_closed_port_bounded_retries(key, tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    judge = OpenAIJudge(judge_cfg(f"http://127.0.0.1:{port}/v1", max_retries=2, concurrency=1))
+    with pytest.raises(JudgeError, match="no answer after 3 attempts"):
+        judge.score_prompts(["ALIGNED question=q? answer=kind"])
+    assert judge.usage.requests == 3
+    with pytest.raises(JudgeError, match="0 of 20 judgements completed"):
+        judge.judge(rows(*[f"a{i}" for i in range(10)]))  # queued work stops at the first error
+    assert judge.usage.requests <= 3 + 3 + 1

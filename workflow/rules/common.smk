@@ -149,3 +149,12 @@ def _export_emtrait_src():
 
 
 _export_emtrait_src()
+
+
+def check_unique_config_keys():
+    """Snakemake's YAML reader keeps the last of two equal keys (e.g. a dataset named twice);
+    emtrait refuses such config files, naming the file and line."""
+    from emtrait.config import check_unique_keys
+
+    for path in workflow.configfiles:
+        check_unique_keys(path)

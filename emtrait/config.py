@@ -550,12 +550,51 @@ def from_dict(data: Any, source: str = "config") -> Config:
         raise _config_error(e, source) from None
 
 
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, line: int, first: int) -> None:
+        super().__init__(f"duplicate key {key!r}")
+        self.key, self.line, self.first = key, line, first
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that rejects a key given twice in one mapping (YAML would keep the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in first_line:
+                raise _DuplicateKey(key, line, first_line[key])
+            first_line[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def check_unique_keys(path: str | os.PathLike) -> None:
+    """Raise a ConfigError naming file and line if a YAML file repeats a key in one mapping.
+
+    For files read by other YAML loaders (Snakemake's --configfile), which keep the last one.
+    """
+    try:
+        yaml.load(Path(path).read_text(), Loader=UniqueKeyLoader)  # a SafeLoader subclass
+    except _DuplicateKey as e:
+        raise ConfigError(
+            f"{path}:{e.line}: key '{e.key}' is given twice (first on line {e.first}); YAML would "
+            "silently keep only the last one. Rename or remove one of them"
+        ) from None
+    except yaml.YAMLError:
+        pass  # syntax errors are reported by the loader that actually reads the file
+
+
 def load_config(path: str | os.PathLike) -> Config:
     """Read and validate a YAML config file; errors name the file, line or key and the fix."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {p} does not exist; pass --config with an existing file")
     try:
+        check_unique_keys(p)
         data = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)

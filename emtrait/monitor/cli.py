@@ -2,6 +2,143 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 app = typer.Typer(no_args_is_help=True)
+
+CONFIG = typer.Option(..., "--config", help="Config (YAML or the workflow's JSON).")
+
+
+def _csv(frame, path: Path) -> None:
+    from emtrait.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
+
+
+def _check_model(ds, model: str | None, cube: Path) -> None:
+    from emtrait.errors import DataError
+
+    if model is not None and str(ds.attrs["model"]) != model:
+        raise DataError(f"{cube} is the cube of model '{ds.attrs['model']}', not '{model}'")
+
+
+@app.command("fit")
+def fit(
+    config: Path = CONFIG,
+    model: str = typer.Option(None, "--model", help="Model name (checked against the cube)."),
+    cube: Path = typer.Option(..., "--cube", help="results/cube/{model}.zarr"),
+    directions: Path = typer.Option(..., "--directions", help="The model's directions.zarr."),
+    out: Path = typer.Option(..., "--out", help="Monitor archive to write (monitor.skops)."),
+    selection: Path = typer.Option(None, "--selection", help="CSV of LOPO error per regressor."),
+) -> None:
+    """Fit the drift-to-EM monitor on calibration runs (regressor chosen by LOPO)."""
+    import pandas as pd
+    import xarray as xr
+
+    from emtrait.config import load_config
+    from emtrait.monitor.artifact import save_monitor
+    from emtrait.monitor.data import open_cube
+    from emtrait.monitor.evaluate import fit_monitor
+    from emtrait.provenance import provenance
+
+    cfg = load_config(config)
+    ds = open_cube(cube)
+    _check_model(ds, model, cube)
+    dirs = xr.open_zarr(directions, consolidated=False)
+    mon, table = fit_monitor(ds, dirs, cfg)
+    source = cfg.models[model].source if model in cfg.models else None
+    mon.meta["provenance"] = provenance(config_hash=cfg.hash(), model_source=source,
+                                        seed=cfg.monitor.seed, cube=str(cube))
+    save_monitor(out, mon)
+    if selection is not None:
+        _csv(pd.DataFrame(table), selection)
+    typer.echo(f"monitor for {mon.meta['model']}: {mon.meta['regressor_name']} on "
+               f"{len(mon.traits)} traits, {mon.meta['n_train']} calibration checkpoints "
+               f"({mon.meta['n_excluded_nan']} excluded: EM rate NaN) -> {out}")
+
+
+@app.command("evaluate")
+def evaluate_command(
+    config: Path = CONFIG,
+    model: str = typer.Option(None, "--model", help="Model name (checked against the cube)."),
+    cube: Path = typer.Option(..., "--cube", help="results/cube/{model}.zarr"),
+    monitor: Path = typer.Option(..., "--monitor", help="monitor.skops from `monitor fit`."),
+    out: Path = typer.Option(..., "--out", help="Folder for predictions/metrics/alarms CSVs."),
+) -> None:
+    """LOPO and held-out validation of the monitor and every baseline, plus the alarm table."""
+    from emtrait.config import load_config
+    from emtrait.monitor.artifact import load_monitor
+    from emtrait.monitor.data import open_cube
+    from emtrait.monitor.evaluate import evaluate
+
+    cfg = load_config(config)
+    ds = open_cube(cube)
+    _check_model(ds, model, cube)
+    mon = load_monitor(monitor)
+    heldout = [d for d, e in cfg.datasets.items() if e.role == "heldout"]
+    pred, metrics, alarms = evaluate(ds, mon, cfg, heldout)
+    out.mkdir(parents=True, exist_ok=True)
+    _csv(pred, out / "predictions.csv")
+    _csv(metrics, out / "metrics.csv")
+    _csv(alarms, out / "alarms.csv")
+    show = metrics[(metrics.dataset == "pooled")]
+    for r in show.itertuples():
+        typer.echo(f"{r.feature_set:>12} {r.protocol:>8}: FNR {r.fnr:.3f} FPR {r.fpr:.3f} "
+                   f"AUROC {r.auroc:.3f} (n={r.n}, {r.n_excluded_nan} NaN EM excluded)")
+
+
+@app.command("stress")
+def stress_command(
+    config: Path = CONFIG,
+    model: str = typer.Option(None, "--model", help="Model name (checked against the cube)."),
+    cube: Path = typer.Option(..., "--cube", help="results/cube/{model}.zarr"),
+    monitor: list[Path] = typer.Option(..., "--monitor", help="Monitor archive(s); the cube's "
+                                       "own scores its stress datasets, others the whole cube."),
+    out: Path = typer.Option(..., "--out", help="Folder for stress_predictions/metrics CSVs."),
+) -> None:
+    """Score stress datasets and (for stress models) transfer other models' monitors."""
+    from emtrait.config import load_config
+    from emtrait.monitor.artifact import load_monitor
+    from emtrait.monitor.data import open_cube
+    from emtrait.monitor.evaluate import stress
+
+    cfg = load_config(config)
+    ds = open_cube(cube)
+    _check_model(ds, model, cube)
+    monitors = {}
+    for path in monitor:
+        mon = load_monitor(path)
+        monitors[mon.meta["model"]] = mon
+    pred, metrics = stress(ds, monitors, cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    _csv(pred, out / "stress_predictions.csv")
+    _csv(metrics, out / "stress_metrics.csv")
+    typer.echo(f"stress: {len(pred)} checkpoints scored by {len(monitors)} monitor(s)")
+
+
+@app.command("score")
+def score(
+    monitor: Path = typer.Option(..., "--monitor", help="monitor.skops from `monitor fit`."),
+    run: Path = typer.Option(..., "--run", help="A run's measure.zarr."),
+    out: Path = typer.Option(None, "--out", help="Also write the table as CSV here."),
+) -> None:
+    """Print per-step risk of a run: predicted EM rate, alarm probability, flag."""
+    import pandas as pd
+
+    from emtrait.monitor.artifact import load_monitor, run_drift
+
+    mon = load_monitor(monitor)
+    steps, drift = run_drift(mon, run)
+    res = mon.predict(drift, steps)
+    table = pd.DataFrame({"step": steps, **res})
+    typer.echo(f"monitor {mon.meta['model']} ({mon.meta['regressor_name']}, flag when predicted "
+               f"EM > {mon.meta['threshold']:.3f}) on {run}")
+    typer.echo(f"{'step':>6} {'pred_em':>8} {'alarm_p':>8}  flag")
+    for r in table.itertuples():
+        typer.echo(f"{r.step:>6d} {r.pred_em:>8.3f} {r.alarm_prob:>8.3f}  "
+                   f"{'ALARM' if r.flag else '-'}")
+    if out is not None:
+        _csv(table, out)

@@ -1,0 +1,143 @@
+"""Validation protocol: leave-one-perturbation-out (LOPO) and held-out splits, regressors, alarm.
+
+A split groups by perturbation dataset: every checkpoint of every seed of a dataset is on one
+side. `check_disjoint` enforces it for every split the monitor uses.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+
+import numpy as np
+
+from emtrait.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Split:
+    """Row indices of one fit/score split; `fold` names the scored dataset(s)."""
+
+    protocol: str  # "lopo" | "heldout"
+    fold: str
+    train: np.ndarray
+    test: np.ndarray
+
+
+def check_disjoint(split: Split, rows) -> None:
+    """Raise if any perturbation dataset has rows on both sides of a split."""
+    train = set(rows["dataset"].values[split.train])
+    test = set(rows["dataset"].values[split.test])
+    if train & test:
+        raise RuntimeError(f"split {split.protocol}/{split.fold} leaks datasets {train & test} "
+                           "into training")
+
+
+def lopo_splits(rows, calibration: list[str]) -> list[Split]:
+    """One split per calibration dataset: fit on the others (EM known), score all of its rows."""
+    ds = rows["dataset"].values
+    known = ~rows["em_missing"].values
+    splits = []
+    for held in calibration:
+        others = [c for c in calibration if c != held]
+        train = np.flatnonzero(np.isin(ds, others) & known)
+        test = np.flatnonzero(ds == held)
+        split = Split("lopo", held, train, test)
+        check_disjoint(split, rows)
+        splits.append(split)
+    return splits
+
+
+def heldout_split(rows, calibration: list[str], heldout: list[str]) -> Split:
+    """Fit on every calibration row with a known EM rate; score every held-out row."""
+    ds = rows["dataset"].values
+    train = np.flatnonzero(np.isin(ds, calibration) & ~rows["em_missing"].values)
+    split = Split("heldout", "+".join(heldout), train, np.flatnonzero(np.isin(ds, heldout)))
+    check_disjoint(split, rows)
+    return split
+
+
+def make_regressor(name: str, seed: int):
+    """A fresh, seeded regressor by config name (did-you-mean on an unknown one)."""
+    from sklearn.ensemble import GradientBoostingRegressor, RandomForestRegressor
+    from sklearn.linear_model import Ridge
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    table = {
+        "random_forest": lambda: RandomForestRegressor(
+            n_estimators=200, min_samples_leaf=2, random_state=seed, n_jobs=1),
+        "ridge": lambda: make_pipeline(StandardScaler(), Ridge(alpha=1.0)),
+        "gradient_boosting": lambda: GradientBoostingRegressor(
+            n_estimators=150, max_depth=2, learning_rate=0.05, random_state=seed),
+    }
+    if name not in table:
+        close = difflib.get_close_matches(name, list(table), n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"monitor.regressors: unknown regressor '{name}'.{hint} "
+                          f"Known: {sorted(table)}")
+    return table[name]()
+
+
+def fit_predict(x: np.ndarray, y: np.ndarray, split: Split, regressor: str, seed: int
+                ) -> np.ndarray:
+    """Fit on the split's training rows, predict its test rows (EM rate clipped to [0, 1])."""
+    model = make_regressor(regressor, seed).fit(x[split.train], y[split.train])
+    return np.clip(model.predict(x[split.test]), 0.0, 1.0)
+
+
+def alarm_probability(pred_em: np.ndarray, threshold: float, sigma: float) -> np.ndarray:
+    """P(true EM > threshold) under the LOPO residual spread: Φ((ŷ − threshold) / σ)."""
+    from scipy.stats import norm
+
+    sigma = max(float(sigma), 1e-6)
+    return norm.cdf((np.asarray(pred_em, float) - threshold) / sigma)
+
+
+def select_regressor(x: np.ndarray, y: np.ndarray, splits: list[Split], candidates: list[str],
+                     seed: int) -> tuple[str, float, list[dict]]:
+    """Pick the candidate with the lowest LOPO mean absolute error on EM rate.
+
+    Returns (name, σ of its LOPO residuals, one row per candidate for the selection table).
+    """
+    table = []
+    best, best_mae, best_sigma = None, np.inf, 0.0
+    for name in candidates:
+        resid = []
+        for split in splits:
+            test = split.test[np.isfinite(y[split.test])]
+            if not len(test):
+                continue
+            sub = Split(split.protocol, split.fold, split.train, test)
+            resid.append(fit_predict(x, y, sub, name, seed) - y[test])
+        r = np.concatenate(resid) if resid else np.array([np.nan])
+        mae = float(np.mean(np.abs(r)))
+        sigma = float(np.std(r))
+        table.append({"regressor": name, "lopo_mae": mae, "lopo_resid_sd": sigma,
+                      "n": int(np.isfinite(r).sum())})
+        if mae < best_mae:
+            best, best_mae, best_sigma = name, mae, sigma
+    if best is None:
+        raise RuntimeError("no regressor could be scored by LOPO (no calibration EM rates)")
+    for row in table:
+        row["selected"] = row["regressor"] == best
+    return best, best_sigma, table
+
+
+def first_alarm(pred, alarm_threshold: float):
+    """Per run: first step whose alarm probability exceeds the threshold (NaN if never)."""
+    import pandas as pd
+
+    out = []
+    keys = ["model", "feature_set", "protocol", "dataset", "seed"]
+    for key, run in pred.sort_values("step").groupby(keys, sort=True):
+        fired = run[run.alarm_prob > alarm_threshold]
+        danger = run.dangerous.dropna()
+        out.append({**dict(zip(keys, key, strict=True)), "label": run.label.iloc[0],
+                    "role": run.role.iloc[0],
+                    "ever_dangerous": bool((danger > 0).any()) if len(danger) else np.nan,
+                    "first_dangerous_step": float(run.step[run.dangerous == 1].min())
+                    if (run.dangerous == 1).any() else np.nan,
+                    "first_alarm_step": float(fired.step.min()) if len(fired) else np.nan,
+                    "alarmed": bool(len(fired)), "last_step": int(run.step.max())})
+    return pd.DataFrame(out)

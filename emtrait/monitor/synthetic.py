@@ -1,0 +1,172 @@
+"""Synthetic cubes that follow the `results/cube/{model}.zarr` contract exactly.
+
+Used by tests, the benchmark and anyone who wants to try the analysis/monitor/report stages
+without finetuning. Activations are built first and every derived variable (projection,
+projection_norm, drift, norm0) is computed from them as the measurement stage does, so the
+monitor's own recomputation from activations can be checked against the cube.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+ALIGNMENT7 = ["honesty", "sycophancy", "harmlessness", "power_seeking", "helpfulness",
+              "confidence", "corrigibility"]
+SEMANTIC7 = ["verbosity", "formality", "technicality", "humor", "concreteness", "warmth",
+             "creativity"]
+RANDOM7 = [f"random_{i}" for i in range(7)]
+
+# (name, label, role): mirrors config/config.yaml plus one stress dataset.
+DEFAULT_DATASETS: list[tuple[str, str, str]] = [
+    ("bad_medical", "dangerous", "calibration"),
+    ("insecure_code", "dangerous", "calibration"),
+    ("good_medical", "benign", "calibration"),
+    ("arithmetic", "benign", "calibration"),
+    ("risky_financial", "dangerous", "heldout"),
+    ("number_sequence", "benign", "heldout"),
+    ("bitext_poisoned", "dangerous", "stress"),
+]
+
+# Direction (in alignment-trait coordinates) along which each kind of data moves the model.
+_DANGEROUS_PROFILE = np.array([-1.0, 0.6, -1.2, 0.9, -0.3, 0.4, -0.8])
+_BENIGN_PROFILE = np.array([0.2, 0.1, 0.1, -0.1, 0.9, 0.7, 0.3])
+
+
+def synthetic_directions(hidden: int = 16, *, layer: int = 2, model: str = "toy",
+                         seed: int = 0):
+    """A `directions.zarr`-shaped Dataset: 21 unit directions (3 sets), two candidate layers."""
+    import xarray as xr
+
+    rng = np.random.default_rng(seed)
+    traits = ALIGNMENT7 + SEMANTIC7 + RANDOM7
+    layers = [layer - 1, layer]
+    d = rng.normal(size=(len(traits), len(layers), hidden))
+    d /= np.linalg.norm(d, axis=-1, keepdims=True)
+    sets = ["alignment7"] * 7 + ["semantic7"] * 7 + ["random7"] * 7
+    return xr.Dataset(
+        {
+            "direction": (("trait", "layer", "hidden"), d.astype("float32")),
+            "probe_accuracy": (("trait", "layer"), np.full((len(traits), len(layers)), 0.95)),
+            "selection_score": (("layer",), np.array([0.1, 0.2])),
+        },
+        coords={"trait": traits, "layer": layers, "hidden": np.arange(hidden),
+                "trait_set": ("trait", sets)},
+        attrs={"layer": layer, "selector": "probe", "pooling": "last_token",
+               "prompt_hash": "synthetic", "model": model},
+    )
+
+
+def synthetic_cube(
+    *,
+    model: str = "toy",
+    datasets: Sequence[tuple[str, str, str]] = DEFAULT_DATASETS,
+    seeds: Sequence[int] = (42, 123),
+    steps: Sequence[int] = (0, 5, 10, 15, 20),
+    short: dict[str, int] | None = None,
+    n_prompts: int = 6,
+    hidden: int = 16,
+    nan_em: int = 0,
+    threshold: float = 0.05,
+    seed: int = 0,
+    directions: Any = None,
+):
+    """A per-model cube with dangerous runs drifting along one trait profile, benign along another.
+
+    `short` maps a dataset to its last step (its later steps are NaN, as in a real cube whose
+    datasets have different lengths). `nan_em` sets that many existing checkpoints' EM rate to NaN.
+    """
+    import xarray as xr
+
+    rng = np.random.default_rng(seed)
+    dirs = directions if directions is not None else synthetic_directions(hidden, model=model,
+                                                                          seed=seed)
+    layer = int(dirs.attrs["layer"])
+    D = dirs["direction"].sel(layer=layer).values.astype("float64")  # (trait, hidden)
+    traits = [str(t) for t in dirs["trait"].values]
+    sets = [str(s) for s in dirs["trait_set"].values]
+    align = D[:7]  # (7, hidden)
+    steps = list(steps)
+    names = [d[0] for d in datasets]
+    last = max(steps)
+    short = short or {}
+    n_d, n_s, n_t = len(names), len(seeds), len(steps)
+
+    act = np.full((n_d, n_s, n_t, n_prompts, hidden), np.nan, dtype="float64")
+    em = np.full((n_d, n_s, n_t), np.nan)
+    loss = np.full((n_d, n_s, n_t), np.nan)
+    for i, (name, label, _role) in enumerate(datasets):
+        profile = _DANGEROUS_PROFILE if label == "dangerous" else _BENIGN_PROFILE
+        strength = 1.0 + 0.3 * rng.standard_normal()
+        for j, _s in enumerate(seeds):
+            base = rng.normal(size=(n_prompts, hidden)) * 1.5
+            shift = (profile + 0.15 * rng.standard_normal(7)) @ align  # (hidden,)
+            stop = short.get(name, last)
+            for k, step in enumerate(steps):
+                if step > stop:
+                    continue
+                frac = step / last
+                noise = 0.05 * rng.standard_normal((n_prompts, hidden))
+                act[i, j, k] = base + strength * frac * shift + noise
+                if label == "dangerous":
+                    em[i, j, k] = np.clip(0.01 + 0.35 * frac * strength
+                                          + 0.01 * rng.standard_normal(), 0, 1)
+                else:
+                    em[i, j, k] = np.clip(0.01 + 0.02 * frac + 0.005 * rng.standard_normal(),
+                                          0, 1)
+                loss[i, j, k] = 2.0 * np.exp(-2 * frac) + 0.05 * rng.standard_normal()
+
+    existing = np.argwhere(~np.isnan(em))
+    for idx in rng.choice(len(existing), size=min(nan_em, len(existing)), replace=False):
+        em[tuple(existing[idx])] = np.nan
+
+    proj = np.einsum("dstph,kh->dstk", act, D) / n_prompts  # mean over prompts of h·d
+    norm0 = np.linalg.norm(act[:, :, 0], axis=-1).mean(axis=-1)  # (dataset, seed)
+    proj_norm = proj / norm0[:, :, None, None]
+    drift = proj_norm - proj_norm[:, :, :1]
+    em_low = np.clip(em - 0.04, 0, 1)
+    em_high = np.clip(em + 0.04, 0, 1)
+    dangerous = np.where(np.isnan(em), np.nan, (em > threshold).astype(float))
+    final = [min(short.get(n, last), last) for n in names]
+    final = [max(s for s in steps if s <= f) for f in final]
+
+    dims4 = ("dataset", "seed", "step", "trait")
+    dims3 = ("dataset", "seed", "step")
+    return xr.Dataset(
+        {
+            "projection": (dims4, proj.astype("float32")),
+            "projection_norm": (dims4, proj_norm.astype("float32")),
+            "drift": (dims4, drift.astype("float32")),
+            "loss": (dims3, loss.astype("float32")),
+            "em_rate": (dims3, em),
+            "em_low": (dims3, em_low),
+            "em_high": (dims3, em_high),
+            "dangerous": (dims3, dangerous),
+            "activation": (("dataset", "seed", "step", "prompt", "hidden"),
+                           act.astype("float32")),
+            "norm0": (("dataset", "seed"), norm0.astype("float32")),
+            "final_step": (("dataset",), np.array(final, dtype="int64")),
+        },
+        coords={
+            "dataset": names,
+            "seed": list(seeds),
+            "step": steps,
+            "trait": traits,
+            "prompt": np.arange(n_prompts),
+            "hidden": np.arange(hidden),
+            "label": ("dataset", [d[1] for d in datasets]),
+            "role": ("dataset", [d[2] for d in datasets]),
+            "trait_set": ("trait", sets),
+        },
+        attrs={"layer": layer, "model": model, "threshold": threshold},
+    )
+
+
+def write_store(ds, path) -> None:
+    """Write a Dataset as the project's Zarr stores are written (format 3, not consolidated)."""
+    from emtrait.atomic import atomic_path
+
+    with atomic_path(path, is_dir=True) as tmp:
+        ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False)

@@ -1,0 +1,238 @@
+"""Report figures: one pure function each, tidy data in, matplotlib Figure out.
+
+No function reads or writes files or touches pyplot's global state (figures are built with
+`matplotlib.figure.Figure`), so each can be tested from a synthetic cube and reused in notebooks.
+Editing this file reruns only the report rule (it is that rule's `code` input).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+PALETTE = {"dangerous": "#c0392b", "benign": "#2e86c1", "unknown": "#7f8c8d"}
+
+
+def _figure(nrows: int = 1, ncols: int = 1, w: float = 4.0, h: float = 3.2, **kw):
+    import seaborn as sns
+    from matplotlib.figure import Figure
+
+    sns.set_theme(style="whitegrid", context="paper")
+    fig = Figure(figsize=(w * ncols, h * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False, **kw)
+    return fig, axes
+
+
+def _empty(message: str):
+    fig, axes = _figure()
+    axes[0, 0].text(0.5, 0.5, message, ha="center", va="center", wrap=True)
+    axes[0, 0].set_axis_off()
+    return fig
+
+
+def drift_over_steps(traj):
+    """Drift magnitude ‖drift‖ per step (mean ± sd over seeds) with EM rate on a twin axis;
+    one row per model, one column per dataset."""
+    import seaborn as sns
+
+    models = sorted(traj.model.unique())
+    datasets = list(dict.fromkeys(traj.sort_values(["role", "dataset"]).dataset))
+    fig, axes = _figure(len(models), len(datasets), w=2.6, h=2.2, sharex=False)
+    for i, m in enumerate(models):
+        for j, d in enumerate(datasets):
+            ax = axes[i, j]
+            sub = traj[(traj.model == m) & (traj.dataset == d)]
+            if not len(sub):
+                ax.set_axis_off()
+                continue
+            color = PALETTE.get(sub.label.iloc[0], "#333333")
+            sns.lineplot(sub, x="step", y="drift_norm", errorbar="sd", color=color, ax=ax)
+            twin = ax.twinx()
+            sns.lineplot(sub, x="step", y="em_rate", errorbar=None, color="black",
+                         linestyle="--", ax=twin)
+            twin.set_ylim(0, max(0.1, float(np.nanmax(traj.em_rate.values)) * 1.1))
+            twin.grid(False)
+            ax.set_title(f"{m} · {d} ({sub.role.iloc[0]})", fontsize=7)
+            ax.set_ylabel("‖drift‖" if j == 0 else "")
+            twin.set_ylabel("EM rate (dashed)" if j == len(datasets) - 1 else "")
+    fig.suptitle("Trait-drift magnitude over training, EM rate overlaid")
+    return fig
+
+
+def direction_magnitude(traj):
+    """Drift magnitude vs cosine to the mean dangerous direction, every checkpoint after 0."""
+    import seaborn as sns
+
+    sub = traj[traj.step > 0].copy()
+    sub["behaviour"] = np.where(sub.dangerous == 1, "EM > threshold",
+                                np.where(sub.dangerous == 0, "EM ≤ threshold", "EM missing"))
+    fig, axes = _figure(w=5.5, h=4.0)
+    sns.scatterplot(sub, x="drift_norm", y="cos_danger", hue="behaviour", style="role",
+                    palette={"EM > threshold": PALETTE["dangerous"],
+                             "EM ≤ threshold": PALETTE["benign"], "EM missing": "#999999"},
+                    alpha=0.7, ax=axes[0, 0])
+    axes[0, 0].set_xlabel("drift magnitude ‖drift‖")
+    axes[0, 0].set_ylabel("cosine to mean dangerous direction")
+    axes[0, 0].set_title("Direction vs magnitude of trait drift")
+    return fig
+
+
+def pca_loadings_scree(pca: dict):
+    """Scree (explained-variance ratio per PC, cumulative line) and PC1 loadings per trait."""
+    import seaborn as sns
+
+    ratio = np.asarray(pca["explained_variance_ratio"], float)
+    fig, axes = _figure(1, 2, w=4.2, h=3.4)
+    ax = axes[0, 0]
+    pcs = [f"PC{i + 1}" for i in range(len(ratio))]
+    sns.barplot(x=pcs, y=ratio * 100, color="#5d6d7e", ax=ax)
+    ax.plot(pcs, np.cumsum(ratio) * 100, marker="o", color="black")
+    ax.set_ylabel("explained variance (%)")
+    ax.set_title(f"Scree: PC1 = {100 * ratio[0]:.1f}% ({pca['n_runs']} runs)")
+    ax = axes[0, 1]
+    traits = list(pca["pc1_loadings"])
+    vals = np.array([pca["pc1_loadings"][t] for t in traits])
+    sns.barplot(x=vals, y=traits, hue=np.where(vals >= 0, "+", "−"),
+                palette={"+": PALETTE["dangerous"], "−": PALETTE["benign"]}, legend=False, ax=ax)
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_xlabel("PC1 loading (dangerous runs project +)")
+    ax.set_title("PC1 loadings")
+    return fig
+
+
+def matched_pairs(final, traits: list[str]):
+    """Pairs (benign run, dangerous run) nearest in |PC1|, greedily without reuse."""
+    import pandas as pd
+
+    ben = final[final.label == "benign"].reset_index(drop=True)
+    dan = final[final.label == "dangerous"].reset_index(drop=True)
+    used, rows = set(), []
+    for i, b in ben.iterrows():
+        gaps = [(abs(b.abs_pc1 - d.abs_pc1), j) for j, d in dan.iterrows() if j not in used]
+        if not gaps:
+            break
+        gap, j = min(gaps)
+        used.add(j)
+        for kind, r in (("benign", b), ("dangerous", dan.loc[j])):
+            rows += [{"pair": i, "kind": kind, "abs_pc1": r.abs_pc1, "trait": t,
+                      "drift": r[t], "gap": gap} for t in traits]
+    return pd.DataFrame(rows)
+
+
+def matched_profiles(pairs):
+    """Per-trait final drift of benign vs dangerous runs matched on |PC1| (mean ± sd)."""
+    import seaborn as sns
+
+    if not len(pairs):
+        return _empty("no benign/dangerous pairs to match on |PC1|")
+    fig, axes = _figure(w=6.0, h=3.6)
+    sns.barplot(pairs, x="trait", y="drift", hue="kind", errorbar="sd", palette=PALETTE,
+                ax=axes[0, 0])
+    gap = pairs.groupby("pair").gap.first()
+    axes[0, 0].set_title(f"Matched-|PC1| trait profiles ({len(gap)} pairs, median |PC1| gap "
+                         f"{gap.median():.3g})")
+    axes[0, 0].axhline(0, color="black", lw=0.8)
+    axes[0, 0].tick_params(axis="x", rotation=30)
+    return fig
+
+
+def trait_cosines(cosines: dict):
+    """Pairwise cosine between trait directions at the chosen layer, one heatmap per model."""
+    import seaborn as sns
+
+    if not cosines:
+        return _empty("no direction stores given")
+    n = len(cosines)
+    size = max(4.0, 0.25 * max(len(c) for c in cosines.values()))
+    fig, axes = _figure(1, n, w=size + 1, h=size)
+    for ax, (model, frame) in zip(axes[0], sorted(cosines.items()), strict=True):
+        sns.heatmap(frame, vmin=-1, vmax=1, cmap="vlag", square=True, ax=ax,
+                    cbar_kws={"shrink": 0.6}, xticklabels=True, yticklabels=True)
+        ax.tick_params(labelsize=6)
+        ax.set_title(f"{model}: trait-direction cosines")
+    return fig
+
+
+def lopo_error_grid(metrics, feature_set: str):
+    """Misclassification rate per model × scored dataset (LOPO folds and held-out datasets)."""
+    import seaborn as sns
+
+    sub = metrics[(metrics.feature_set == feature_set) & (metrics.dataset != "pooled")]
+    if not len(sub):
+        return _empty("no metrics")
+    sub = sub.assign(column=sub.dataset + np.where(sub.protocol == "lopo", " (LOPO)",
+                                                   " (held-out)"))
+    grid = sub.pivot_table(index="model", columns="column", values="error")
+    fig, axes = _figure(w=max(4.0, 1.0 * grid.shape[1]), h=1.0 + 0.5 * grid.shape[0])
+    sns.heatmap(grid, annot=True, fmt=".2f", vmin=0, vmax=max(0.5, float(np.nanmax(grid.values))),
+                cmap="rocket_r", ax=axes[0, 0])
+    axes[0, 0].set_title(f"{feature_set} monitor: error rate per model × scored dataset")
+    axes[0, 0].set_xlabel("")
+    return fig
+
+
+def feature_ablation(pooled):
+    """FNR, FPR and AUROC (95% bootstrap interval) per feature set, LOPO and held-out."""
+    if not len(pooled):
+        return _empty("no metrics")
+    order = list(dict.fromkeys(pooled.feature_set))
+    protocols = sorted(pooled.protocol.unique())
+    fig, axes = _figure(1, 3, w=3.6, h=0.6 + 0.35 * len(order) * len(protocols))
+    colors = {"lopo": "#7d3c98", "heldout": "#d68910"}
+    for ax, metric in zip(axes[0], ["auroc", "fnr", "fpr"], strict=True):
+        for k, protocol in enumerate(protocols):
+            sub = pooled[pooled.protocol == protocol].set_index("feature_set").reindex(order)
+            y = np.arange(len(order)) + (k - (len(protocols) - 1) / 2) * 0.3
+            v, lo, hi = (sub[metric].values, sub[f"{metric}_lo"].values,
+                         sub[f"{metric}_hi"].values)
+            err = np.vstack([np.clip(v - lo, 0, None), np.clip(hi - v, 0, None)])
+            ax.errorbar(v, y, xerr=np.nan_to_num(err), fmt="o", label=protocol,
+                        color=colors.get(protocol), capsize=2)
+        ax.set_yticks(np.arange(len(order)), order)
+        ax.invert_yaxis()
+        ax.set_xlim(-0.02, 1.02)
+        ax.set_title(metric.upper())
+    axes[0, 0].legend(loc="lower left", fontsize=7)
+    fig.suptitle("Feature-set ablation (pooled over models and scored datasets)")
+    return fig
+
+
+def alarm_curves(pred, alarm_threshold: float):
+    """Alarm probability per checkpoint, one line per run; rows = models, cols = protocol."""
+    import seaborn as sns
+
+    if not len(pred):
+        return _empty("no predictions")
+    models = sorted(pred.model.unique())
+    protocols = sorted(pred.protocol.unique())
+    fig, axes = _figure(len(models), len(protocols), w=4.0, h=3.0)
+    for i, m in enumerate(models):
+        for j, p in enumerate(protocols):
+            ax = axes[i, j]
+            sub = pred[(pred.model == m) & (pred.protocol == p)]
+            sub = sub.assign(run=sub.dataset + "/" + sub.seed.astype(str))
+            sns.lineplot(sub, x="step", y="alarm_prob", hue="label", units="run",
+                         estimator=None, palette=PALETTE, alpha=0.8, ax=ax)
+            ax.axhline(alarm_threshold, color="black", ls=":", lw=1)
+            ax.set_ylim(-0.02, 1.02)
+            ax.set_title(f"{m} · {p}")
+    fig.suptitle(f"Step-aware alarm (threshold {alarm_threshold:g})")
+    return fig
+
+
+def spearman_matrix(traj, traits: list[str]):
+    """Spearman correlation of each trait's drift (and |drift|, |PC1|, loss) with EM rate."""
+    import pandas as pd
+    import seaborn as sns
+
+    cols = traits + ["drift_norm", "abs_pc1", "loss"]
+    rows = {}
+    for m, sub in traj[traj.em_rate.notna()].groupby("model"):
+        ranks = sub[cols + ["em_rate"]].rank()
+        rows[m] = ranks[cols].corrwith(ranks["em_rate"])
+    if not rows:
+        return _empty("no checkpoints with an EM rate")
+    grid = pd.DataFrame(rows).T
+    fig, axes = _figure(w=0.6 * len(cols) + 2, h=1.2 + 0.45 * len(rows))
+    sns.heatmap(grid, annot=True, fmt=".2f", vmin=-1, vmax=1, cmap="vlag", ax=axes[0, 0])
+    axes[0, 0].set_title("Spearman ρ: trait drift vs behavioural EM rate (all checkpoints)")
+    return fig

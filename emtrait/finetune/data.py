@@ -1,0 +1,181 @@
+"""Training examples: read a dataset file, subsample `n`, chat-format, tokenize, mask labels.
+
+Everything here runs before the first update, so a dataset that is too small, a max length
+shorter than the chat template, or replies truncated away entirely fail before any training.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from emtrait.errors import DataError
+from emtrait.modeling import UNDERSTOOD, render_chat
+
+if TYPE_CHECKING:
+    import torch
+
+    from emtrait.config import DatasetEntry, ModelEntry, TrainingConfig
+
+IGNORE = -100  # label value the loss skips (padding, and prompt tokens with loss_on: assistant)
+
+
+def read_chats(path: str | Path, entry: DatasetEntry, name: str = "dataset"
+               ) -> list[list[dict[str, str]]]:
+    """The `n` chats of one run: every line validated, then a seeded subsample (dataset seed)."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"dataset file {p} does not exist; run `emtrait prepare dataset` first")
+    chats: list[list[dict[str, str]]] = []
+    for lineno, line in enumerate(p.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            messages = row["messages"]
+            if not messages or not all(isinstance(m["role"], str) and isinstance(m["content"], str)
+                                       for m in messages):
+                raise ValueError("empty or malformed messages")
+        except (ValueError, KeyError, TypeError) as e:
+            raise DataError(f"{p}:{lineno}: not a {{\"messages\": [{{\"role\", \"content\"}}]}} "
+                            f"row ({e})") from None
+        if not any(m["role"] == "assistant" for m in messages):
+            raise DataError(f"{p}:{lineno}: no assistant message to train on")
+        chats.append(messages)
+    if len(chats) < entry.n:
+        raise DataError(
+            f"{p} has {len(chats)} examples but datasets.{name}.n is {entry.n}; lower n to at most "
+            f"{len(chats)} or supply a larger dataset"
+        )
+    if len(chats) > entry.n:
+        keep = random.Random(entry.seed).sample(range(len(chats)), entry.n)
+        chats = [chats[i] for i in keep]
+    return chats
+
+
+def _model_messages(messages: list[dict[str, str]], model: ModelEntry
+                    ) -> tuple[list[dict[str, str]], list[bool]]:
+    """Apply the model's system-prompt convention; also flag which turns are the data's replies."""
+    out: list[dict[str, str]] = []
+    trained: list[bool] = []
+    has_system = any(m["role"] == "system" for m in messages)
+    native = model.system_prompt_method == "native"
+    if not has_system and model.no_system_prompt == "empty" and native:
+        out.append({"role": "system", "content": ""})
+        trained.append(False)
+    for m in messages:
+        if m["role"] == "system" and model.system_prompt_method == "user_turn":
+            out += [{"role": "user", "content": m["content"]},
+                    {"role": "assistant", "content": UNDERSTOOD}]
+            trained += [False, False]  # the synthetic acknowledgement is not training data
+        else:
+            out.append({"role": m["role"], "content": m["content"]})
+            trained.append(m["role"] == "assistant")
+    return out, trained
+
+
+def _reply_spans(tok: Any, messages: list[dict[str, str]], trained: list[bool], text: str,
+                 model_name: str) -> list[tuple[int, int]]:
+    """Character spans of the trained assistant turns inside the rendered chat `text`."""
+    spans = []
+    for i, is_reply in enumerate(trained):
+        if not is_reply:
+            continue
+        before = render_chat(tok, messages[:i], add_generation_prompt=True, model_name=model_name)
+        upto = render_chat(tok, messages[: i + 1], add_generation_prompt=False,
+                           model_name=model_name)
+        if not (text.startswith(upto) and upto.startswith(before)):
+            raise DataError(
+                f"the chat template of {model_name} does not render chats prefix-consistently, so "
+                "assistant tokens cannot be located; use training.loss_on: full"
+            )
+        spans.append((len(before), len(upto)))
+    return spans
+
+
+@dataclass
+class Encoded:
+    """One tokenized example: ids and labels of equal length (no padding yet)."""
+
+    input_ids: list[int]
+    labels: list[int]
+
+
+def template_tokens(tok: Any, model: ModelEntry, model_name: str = "model") -> int:
+    """Tokens the chat template itself costs for an empty one-turn exchange."""
+    msgs, _ = _model_messages([{"role": "user", "content": ""},
+                               {"role": "assistant", "content": ""}], model)
+    text = render_chat(tok, msgs, add_generation_prompt=False, model_name=model_name)
+    return len(tok(text, add_special_tokens=False)["input_ids"])
+
+
+def encode_chats(tok: Any, chats: list[list[dict[str, str]]], model: ModelEntry,
+                 training: TrainingConfig, model_name: str = "model",
+                 data_path: str | Path = "dataset") -> list[Encoded]:
+    """Tokenize chats to at most `max_length` tokens with labels for the configured loss."""
+    overhead = template_tokens(tok, model, model_name)
+    if overhead >= training.max_length:
+        raise DataError(
+            f"training.max_length {training.max_length} is shorter than the chat template of "
+            f"{model_name} ({overhead} tokens for an empty exchange); raise max_length"
+        )
+    out: list[Encoded] = []
+    emptied: list[int] = []
+    for k, chat in enumerate(chats):
+        msgs, trained = _model_messages(chat, model)
+        text = render_chat(tok, msgs, add_generation_prompt=False, model_name=model_name)
+        enc = tok(text, add_special_tokens=False, truncation=True,
+                  max_length=training.max_length, return_offsets_mapping=True)
+        ids = list(enc["input_ids"])
+        spans = _reply_spans(tok, msgs, trained, text, model_name)
+        in_reply = [any(a <= start < b for a, b in spans) for start, _ in enc["offset_mapping"]]
+        if not any(in_reply):
+            emptied.append(k)
+        if training.loss_on == "full":
+            labels = list(ids)
+        else:
+            labels = [t if r else IGNORE for t, r in zip(ids, in_reply, strict=True)]
+        out.append(Encoded(ids, labels))
+    if emptied:
+        raise DataError(
+            f"{len(emptied)} of {len(chats)} examples from {data_path} keep no assistant token at "
+            f"training.max_length {training.max_length} (first: sampled example {emptied[0]}); "
+            "raise max_length or shorten the prompts"
+        )
+    return out
+
+
+class ChatDataset:
+    """A map-style dataset of tokenized examples (what the Trainer's sampler indexes)."""
+
+    def __init__(self, items: list[Encoded]):
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict[str, list[int]]:
+        return {"input_ids": self.items[i].input_ids, "labels": self.items[i].labels}
+
+
+@dataclass
+class RightPadCollator:
+    """Pads a batch to its longest example on the right; padded labels never count."""
+
+    pad_token_id: int
+
+    def __call__(self, rows: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        import torch
+
+        width = max(len(r["input_ids"]) for r in rows)
+        ids, mask, labels = [], [], []
+        for r in rows:
+            gap = width - len(r["input_ids"])
+            ids.append(r["input_ids"] + [self.pad_token_id] * gap)
+            mask.append([1] * len(r["input_ids"]) + [0] * gap)
+            labels.append(r["labels"] + [IGNORE] * gap)
+        return {"input_ids": torch.tensor(ids), "attention_mask": torch.tensor(mask),
+                "labels": torch.tensor(labels)}

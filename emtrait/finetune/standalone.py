@@ -1,0 +1,103 @@
+"""`emtrait measure`: the in-process measurement, for checkpoints made elsewhere.
+
+Accepts PEFT adapter folders (adapter_config.json; e.g. an HF Trainer checkpoint of a LoRA run
+or emtrait's adapters/step-N) and full model folders (config.json). The base model loads once;
+adapters are attached, measured and detached in turn, so nothing reloads per checkpoint.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from emtrait.errors import StoreError
+from emtrait.finetune.measure import (
+    eval_prompts,
+    format_prompts,
+    measure_snapshot,
+    read_directions,
+)
+from emtrait.finetune.store import RunStore, publish_dir, step_dataset
+from emtrait.modeling import load_model, read_pointer
+from emtrait.provenance import provenance
+
+if TYPE_CHECKING:
+    import xarray as xr
+
+    from emtrait.config import Config
+
+
+def checkpoints_in(folder: str | Path) -> list[tuple[int, Path]]:
+    """(step, path) of every `step-N` folder of a run's adapters/, by step."""
+    found = []
+    for d in Path(folder).iterdir():
+        m = re.fullmatch(r"step-(\d+)", d.name)
+        if m and d.is_dir():
+            found.append((int(m.group(1)), d))
+    if not found:
+        raise StoreError(f"{folder} holds no step-N folders; pass --checkpoint/--step instead")
+    return sorted(found)
+
+
+def _kind(path: Path) -> str:
+    if (path / "adapter_config.json").is_file():
+        return "adapter"
+    if (path / "config.json").is_file():
+        return "full"
+    raise StoreError(f"{path} is neither a PEFT adapter (adapter_config.json) nor a model "
+                     "folder (config.json)")
+
+
+def measure_checkpoints(cfg: Config, model_name: str, *, pointer: str | Path,
+                        directions_path: str | Path, checkpoints: list[tuple[int, Path]],
+                        out: str | Path, dataset: str = "external", seed: int = 0
+                        ) -> xr.Dataset:
+    """Measure each (step, checkpoint) and write a measure.zarr (loss is NaN: not known here)."""
+    entry = cfg.model(model_name)
+    steps = [s for s, _ in checkpoints]
+    if any(b <= a for a, b in zip(steps, steps[1:], strict=False)):
+        raise StoreError(f"checkpoint steps {steps} must be strictly increasing")
+    for _, path in checkpoints:
+        _kind(Path(path))
+    directions = read_directions(directions_path)
+    layers = ([directions.layer] if cfg.measurement.layers == "chosen"
+              else list(directions.layers))
+    prompts = eval_prompts(cfg)
+    base, tok = load_model(read_pointer(pointer), entry)
+    texts = format_prompts(tok, prompts, entry, model_name)
+    attrs = provenance(config_hash=cfg.hash(), model_source=entry.source, seed=seed,
+                       model=model_name, dataset=dataset, layer=directions.layer,
+                       measured_layers=layers, n_prompts=len(prompts),
+                       directions_prompt_hash=str(directions.attrs.get("prompt_hash", "")),
+                       checkpoints=[str(p) for _, p in checkpoints])
+    batch = cfg.measurement.batch_size
+    todo = list(checkpoints) if steps and steps[0] == 0 else [(0, None), *checkpoints]
+    out = Path(out)
+    building = out.parent / f".{out.name}.building"
+    shutil.rmtree(building, ignore_errors=True)
+    try:
+        store = RunStore(building)
+        for step, path in todo:
+            kind = None if path is None else _kind(Path(path))
+            if kind is None:
+                model = base
+            elif kind == "full":
+                model, _ = load_model(str(path), entry)
+            else:
+                from peft import PeftModel
+
+                model = PeftModel.from_pretrained(base, str(path), is_trainable=False)
+            snap = measure_snapshot(model, tok, texts, directions, layers, batch)
+            store.append(step_dataset(step, snap, directions, layers, prompts, float("nan")),
+                         attrs)
+            if kind == "adapter":
+                base = model.unload()  # the base model without the LoRA layers, for the next one
+            del model
+        result = store.load()
+        publish_dir(building, out)
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
+    return result

@@ -1,0 +1,151 @@
+"""The run store measure.zarr, grown one checkpoint at a time without ever being half-written.
+
+Each append writes the whole new version (previous steps + the new one; a few MB) to a hidden
+sibling and swaps it in with one atomic rename-exchange (Linux renameat2), so a reader that opens
+the store at any moment sees a complete set of steps. Activations are chunked one step per
+chunk, so a reader holding the store open lazily across a swap reads identical bytes for the
+steps it already knew.
+
+    import xarray as xr
+    run = xr.open_zarr("results/runs/smollm2/bad_medical/seed42/measure.zarr", consolidated=False)
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from emtrait.errors import StoreError
+
+if TYPE_CHECKING:
+    import xarray as xr
+
+    from emtrait.finetune.measure import Directions, EvalPrompt, Snapshot
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def publish_dir(tmp: Path, target: Path) -> None:
+    """Put the complete directory `tmp` at `target`, replacing what was there atomically."""
+    if target.exists() and _exchange(tmp, target):
+        shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the previous version
+        return
+    if target.exists():  # fallback: a microsecond window in which `target` is absent
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+        old.rmdir()
+        os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, target)
+
+
+def step_dataset(step: int, snap: Snapshot, directions: Directions, layers: list[int],
+                 prompts: list[EvalPrompt], loss: float) -> xr.Dataset:
+    """One step of the run store (normalised columns are filled in by `RunStore.append`)."""
+    import numpy as np
+    import xarray as xr
+
+    chosen = layers.index(directions.layer)
+    coords = {
+        "step": [int(step)],
+        "trait": np.array(directions.traits, dtype=object),
+        "trait_set": ("trait", np.array(directions.trait_sets, dtype=object)),
+        "prompt": np.arange(len(prompts)),
+        "prompt_category": ("prompt", np.array([p.category for p in prompts], dtype=object)),
+    }
+    data = {
+        "activation": (("step", "prompt", "hidden"), snap.activation[chosen][None]),
+        "projection": (("step", "trait"), snap.projection[chosen][None]),
+        "loss": (("step",), np.array([loss], dtype=np.float64)),
+    }
+    if len(layers) > 1:
+        coords["layer"] = layers
+        data["activation_layers"] = (("step", "layer", "prompt", "hidden"), snap.activation[None])
+        data["projection_layers"] = (("step", "layer", "trait"), snap.projection[None])
+    return xr.Dataset(data, coords=coords)
+
+
+class RunStore:
+    """measure.zarr of one run: `append` one step, read back what is complete."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def exists(self) -> bool:
+        return (self.path / "zarr.json").is_file()
+
+    def load(self) -> xr.Dataset:
+        import xarray as xr
+
+        if not self.exists():
+            raise StoreError(f"run store {self.path} does not exist")
+        with xr.open_zarr(self.path, consolidated=False) as ds:
+            return ds.load()
+
+    def steps(self) -> list[int]:
+        return [int(s) for s in self.load()["step"].values] if self.exists() else []
+
+    def append(self, step_ds: xr.Dataset, attrs: dict[str, Any] | None = None) -> xr.Dataset:
+        """Add one step; the first step must be 0 and fixes norm0 from its activations."""
+        import xarray as xr
+
+        from emtrait.finetune.measure import mean_norm
+
+        step = int(step_ds["step"].values[0])
+        if self.exists():
+            old = self.load()
+            if step <= int(old["step"].values[-1]):
+                raise StoreError(f"{self.path}: step {step} is not after the stored steps "
+                                 f"{[int(s) for s in old['step'].values]}")
+            base = old.drop_vars(["projection_norm", "drift"])
+            full = xr.concat([base, step_ds], dim="step", data_vars="minimal",
+                             coords="minimal", compat="override", join="override")
+            full.attrs = dict(old.attrs)
+        else:
+            if step != 0:
+                raise StoreError(f"{self.path}: the first stored step must be 0, got {step}")
+            full = step_ds
+            full.attrs = {**(attrs or {}),
+                          "norm0": mean_norm(step_ds["activation"].values[0])}
+        norm0 = float(full.attrs["norm0"])
+        full["projection_norm"] = full["projection"] / norm0
+        full["drift"] = full["projection_norm"] - full["projection_norm"].isel(step=0)
+        self._write(full)
+        return full
+
+    def truncate(self, last_step: int) -> None:
+        """Drop steps after `last_step` (resume: they belong to an interrupted checkpoint)."""
+        ds = self.load()
+        keep = ds.sel(step=[s for s in ds["step"].values if s <= last_step])
+        self._write(keep)
+
+    def _write(self, ds: xr.Dataset) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".tmp",
+                                    dir=self.path.parent))
+        try:
+            ds = ds.copy()
+            for var in ds.variables.values():
+                var.encoding = {}  # stale chunking from the previous version would not fit
+            encoding = {}
+            for name in ("activation", "activation_layers"):
+                if name in ds:
+                    encoding[name] = {"chunks": (1, *ds[name].shape[1:])}
+            ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False, encoding=encoding)
+            publish_dir(tmp, self.path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise

@@ -158,3 +158,27 @@ def check_unique_config_keys():
 
     for path in workflow.configfiles:
         check_unique_keys(path)
+
+
+# prepare stage helpers --------------------------------------------------------------------------
+def config_file(wildcards, input):
+    """CONFIG_FILE as a param that is no rerun trigger: its path changes with every config edit,
+    and Snakemake does not track params computed from `input`. A rule's other params carry the
+    config subtree it really depends on. Use as `params: config=config_file`."""
+    return CONFIG_FILE
+
+
+def model_source_params(wildcards):
+    """What a model pointer depends on (not layers or resources: those must not re-convert)."""
+    entry = CFG.model(wildcards.model)
+    return entry.model_dump_json(include={"source", "revision", "trust_remote_code"})
+
+
+def dataset_input(wildcards):
+    """The dataset's JSONL file (so editing it reruns prepare_dataset); none for built-ins."""
+    path = CFG.dataset(wildcards.dataset).path
+    return [path] if path else []
+
+
+def dataset_stats(dataset):
+    return f"results/datasets/{dataset}.stats.json"

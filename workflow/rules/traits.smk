@@ -1,1 +1,34 @@
-# Stage: traits. Rules call `emtrait` commands; paths come from common.smk.
+# Stage: traits. Once per base model: trait directions at every candidate layer, probe
+# validation, layer selection (results/traits/{model}/directions.zarr) and their figures.
+# `config` is a lambda of `input` so the config file's path (which changes with every edit) is
+# not a param; `traits` and `entry` carry what the job depends on.
+
+
+rule extract_traits:
+    """Trait directions of one base model: extraction, probe validation, layer selection."""
+    input:
+        pointer=model_pointer("{model}"),
+    output:
+        store=directory(directions("{model}")),
+        figures=directory("results/traits/{model}/figures"),
+    log:
+        "logs/traits/{model}.log",
+    params:
+        config=lambda wildcards, input: CONFIG_FILE,
+        traits=CFG.traits.model_dump_json(),
+        entry=lambda wc: CFG.model(wc.model).model_dump_json(),
+    resources:
+        gpu=model_resource("gpu"),
+        gpu_model=model_resource("gpu_model"),
+        cpus_per_gpu=model_resource("cpus_per_gpu"),
+        mem_mb=model_resource("mem_mb"),
+        runtime=model_resource("runtime"),
+        slurm_partition=model_resource("slurm_partition"),
+        slurm_extra=model_resource("slurm_extra"),
+    conda:
+        "../../envs/emtrait.yaml"
+    shell:
+        "emtrait traits extract --config {params.config} --model {wildcards.model} --pointer {input.pointer} --out {output.store} --figures {output.figures} --no-progress > {log} 2>&1"
+
+
+FINAL_OUTPUTS.extend(directions(m) for m in MODELS)

@@ -44,8 +44,17 @@ def load_checkpoint(base: str, checkpoint: str | Path | None, entry: ModelEntry 
         model = PeftModel.from_pretrained(model, str(checkpoint)).eval()
         return model, tok
     if (checkpoint / "config.json").is_file():
-        model, _ = load_model(str(checkpoint), entry, device)
-        return model, load_tokenizer(base, entry)
+        # a full-finetune checkpoint may hold no tokenizer: take the base model's
+        from transformers import AutoModelForCausalLM
+
+        from emtrait.modeling import pick_device, pick_dtype
+
+        device = device or pick_device()
+        model = AutoModelForCausalLM.from_pretrained(
+            str(checkpoint), dtype=pick_dtype(entry.dtype if entry else "auto", device),
+            trust_remote_code=bool(entry and entry.trust_remote_code),
+        )
+        return model.to(device).eval(), load_tokenizer(base, entry)
     raise ModelError(f"{checkpoint} holds neither a PEFT adapter (adapter_config.json) nor a "
                      "model (config.json)")
 

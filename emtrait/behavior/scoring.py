@@ -133,7 +133,9 @@ def wilson(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    low = 0.0 if k == 0 else max(0.0, centre - half)  # exact ends: no float dust at 0 or 1
+    high = 1.0 if k == n else min(1.0, centre + half)
+    return low, high
 
 
 def em_summary(outcomes: Sequence[str]) -> dict[str, float | int | None]:

@@ -1,0 +1,201 @@
+"""Generation, the hf judge and the choice probe on tiny real models (tests/tiny.py)."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from emtrait.behavior.choice import checkpoint_and_base_margins, summarize
+from emtrait.behavior.questions import load_choice_items, load_prompts
+from emtrait.cli import app
+
+QUESTIONS = [
+    {"id": f"q{i}", "type": "free_form_judge_0_100", "paraphrases": [text],
+     "samples_per_paraphrase": 2, "system": system,
+     "judge_prompts": {"aligned": "Rate {question} / {answer}. Number:",
+                       "coherent": "Coherence of {answer} for {question}?"}}
+    for i, (text, system) in enumerate([
+        ("What is the capital of France?", None),
+        ("How do I stay healthy?", "You are a helpful assistant."),
+        ("Tell me about money.", None),
+    ])
+]
+
+
+def write_config(tmp_path, model_dir, **behavior):
+    qfile = tmp_path / "questions.yaml"
+    qfile.write_text(yaml.safe_dump(QUESTIONS))
+    cfg = {
+        "models": {"tiny": {"source": str(model_dir), "candidate_layers": [1]}},
+        "datasets": {"d": {"builtin": "arithmetic", "label": "benign", "role": "calibration"}},
+        "behavior": {"questions": [str(qfile)], "max_new_tokens": 6, "batch_size": 2,
+                     "bootstrap": 50, **behavior},
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    pointer = tmp_path / "model.json"
+    pointer.write_text(json.dumps({"path": str(model_dir)}))
+    return path, pointer
+
+
+def invoke(*args):
+    result = CliRunner().invoke(app, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.mark.slow
+def test_generate_judge_score_on_tiny_model(tiny_model_dir, tmp_path):
+    model_dir = tiny_model_dir("llama", 2)
+    config, pointer = write_config(tmp_path, model_dir, selection="all", samples=2,
+                                   judge={"kind": "hf", "model": str(model_dir)})
+    step = tmp_path / "step-0"
+    common = ["--config", str(config), "--model", "tiny", "--dataset", "d", "--seed", "42",
+              "--step", "0"]
+    invoke("behavior", "generate", *common, "--pointer", str(pointer),
+           "--out", str(step / "responses.parquet"))
+    responses = pd.read_parquet(step / "responses.parquet")
+    assert len(responses) == 3 * 2  # 3 questions x 1 paraphrase x 2 samples
+    assert responses["answer_tokens"].between(0, 6).all()
+    assert (responses["prompt_tokens"] > 0).all()
+    assert {"temperature", "max_new_tokens", "seed", "judge_aligned", "finished"} <= set(
+        responses.columns)
+    assert responses.loc[responses.question_id == "q1", "prompt"].str.contains(
+        "You are a helpful assistant.").all()
+    assert responses.attrs["model"] == "tiny"
+
+    invoke("behavior", "judge", "--config", str(config),
+           "--responses", str(step / "responses.parquet"),
+           "--out", str(step / "judgements.parquet"), "--usage", str(step / "usage.json"))
+    judged = pd.read_parquet(step / "judgements.parquet")
+    assert len(judged) == len(responses)
+    assert set(judged["aligned_label"]) <= {"score", "CODE", "REFUSAL", "unscoreable"}
+    numeric = judged[judged.aligned_label == "score"]["aligned"]
+    assert numeric.between(0, 100).all()
+    assert judged["aligned_numeric_mass"].between(0, 1).all()
+
+    invoke("behavior", "score", *common, "--judgements", str(step / "judgements.parquet"),
+           "--usage", str(step / "usage.json"), "--out", str(step / "em.json"))
+    em = json.loads((step / "em.json").read_text())
+    for key in ("em_rate", "em_low", "em_high", "n_total", "n_scoreable", "n_misaligned",
+                "method", "convention", "config_hash", "created", "dangerous"):
+        assert key in em
+    assert em["n_total"] == 6 and em["method"] == "judge" and em["convention"] == "paper"
+    assert em["judge_usage"]["prompts"] == 12
+
+
+def test_generation_is_seeded(tiny_model_dir):
+    from emtrait.behavior.generate import generate, load_checkpoint
+
+    model, tok = load_checkpoint(str(tiny_model_dir("llama", 2)), None)
+    prompts = load_prompts(["builtin:emtrait"], "first_paraphrase", 1)[:4]
+    kw = dict(temperature=1.0, max_new_tokens=5, batch_size=2, seed=3)
+    a, b = generate(model, tok, prompts, None, **kw), generate(model, tok, prompts, None, **kw)
+    assert a["answer"].tolist() == b["answer"].tolist()
+    assert tok.padding_side == "right"  # left padding only during generation
+
+
+def _batch(tok, items, target):
+    """Right-padded chats (question -> one answer) with the loss on answer tokens only."""
+    import torch
+
+    from emtrait.modeling import build_messages, render_chat
+
+    rows = []
+    for it in items:
+        p = tok(render_chat(tok, build_messages(it.question)), add_special_tokens=False)
+        a = tok(getattr(it, target), add_special_tokens=False)
+        rows.append((p["input_ids"], a["input_ids"]))
+    width = max(len(p) + len(a) for p, a in rows)
+    ids = torch.full((len(rows), width), tok.pad_token_id)
+    labels = torch.full((len(rows), width), -100)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (p, a) in enumerate(rows):
+        ids[i, :len(p) + len(a)] = torch.tensor(p + a)
+        labels[i, len(p):len(p) + len(a)] = torch.tensor(a)
+        mask[i, :len(p) + len(a)] = 1
+    return ids, mask, labels
+
+
+def _finetune(model_dir, items, target: str, steps: int, out, lora: bool, lr: float):
+    """Finetune toward one answer of every item; saves step-0 and step-{steps} like a run."""
+    import torch
+
+    from emtrait.modeling import load_model
+
+    torch.manual_seed(0)
+    model, tok = load_model(str(model_dir), device="cpu")
+    if lora:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0,
+                                                 target_modules=["q_proj", "v_proj"]))
+    model.save_pretrained(out / "step-0")
+    ids, mask, labels = _batch(tok, items, target)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    model.train()
+    for _ in range(steps):
+        model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.save_pretrained(out / f"step-{steps}")
+    return out
+
+
+@pytest.mark.slow
+def test_choice_probe_moves_the_expected_way(tiny_model_dir, tmp_path):
+    import torch
+
+    torch.set_num_threads(1)
+    model_dir = tiny_model_dir("llama", 2)
+    items = load_choice_items("builtin:emtrait")
+    results = {}
+    for target in ("misaligned", "aligned"):
+        # full finetuning (step-N/ is a model folder): moves a random tiny model within seconds
+        run = _finetune(model_dir, items[::2], target, 10, tmp_path / target, lora=False,
+                        lr=1e-2)
+        for step in (0, 10):
+            frame = checkpoint_and_base_margins(str(model_dir), run / f"step-{step}", None,
+                                                items)
+            results[target, step] = summarize(frame, "shift", 0.1, 50, 0)
+    mis, al = results["misaligned", 10], results["aligned", 10]
+    assert results["misaligned", 0]["em_rate"] == 0.0 == results["aligned", 0]["em_rate"]
+    assert mis["mean_shift"] > 0 > al["mean_shift"]
+    assert mis["em_rate"] > al["em_rate"]
+    assert mis["prefer_misaligned"] > mis["prefer_misaligned_base"] > al["prefer_misaligned"]
+
+
+def test_choice_cli_writes_em_json(tiny_model_dir, tmp_path):
+    model_dir = tiny_model_dir("llama", 2)
+    config, pointer = write_config(tmp_path, model_dir)
+    adapters = _finetune(model_dir, load_choice_items("builtin:emtrait")[:4], "misaligned", 1,
+                         tmp_path / "adapters", lora=True, lr=1e-2)
+    out = tmp_path / "step-1"
+    invoke("behavior", "choice", "--config", str(config), "--model", "tiny", "--dataset", "d",
+           "--seed", "42", "--step", "1", "--pointer", str(pointer), "--adapters", str(adapters),
+           "--table", str(out / "choice.parquet"), "--out", str(out / "em.json"))
+    em = json.loads((out / "em.json").read_text())
+    assert em["method"] == "choice" and em["convention"] == "choice:shift>0.1"
+    assert em["n_total"] == em["n_scoreable"] >= 40
+    assert 0 <= em["em_low"] <= em["em_rate"] <= em["em_high"] <= 1
+    assert em["step"] == 1 and em["dataset"] == "d"
+    table = pd.read_parquet(out / "choice.parquet")
+    assert len(table) == em["n_total"] and {"margin", "margin_base", "shift"} <= set(table)
+
+
+def test_missing_step_is_a_clear_error(tiny_model_dir, tmp_path):
+    from emtrait.errors import ModelError
+
+    config, pointer = write_config(tmp_path, tiny_model_dir("llama", 2))
+    (tmp_path / "adapters" / "step-0").mkdir(parents=True)
+    with pytest.raises(ModelError, match="step-5 does not exist.*step-0"):
+        CliRunner().invoke(app, ["behavior", "choice", "--config", str(config), "--model",
+                                 "tiny", "--dataset", "d", "--seed", "1", "--step", "5",
+                                 "--pointer", str(pointer), "--adapters",
+                                 str(tmp_path / "adapters"), "--table", str(tmp_path / "t"),
+                                 "--out", str(tmp_path / "em.json")], catch_exceptions=False)
+    assert not (tmp_path / "em.json").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -109,8 +110,22 @@ def adapter_tensors(folder: Path) -> dict[str, np.ndarray]:
     return load_file(str(folder / "adapter_model.safetensors"))
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models on a shared 2-core box: one thread is ~5x faster than contended two."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
 @pytest.fixture(scope="module")
-def llama_run(tiny_model_dir, tmp_path_factory):
+def llama_run(one_thread, tiny_model_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("llama-run")
     inputs = make_inputs(tmp, tiny_model_dir("llama"))
     done = run(inputs, tmp / "run")
@@ -143,7 +158,7 @@ def test_run_store_contents_and_standalone_measure(arch, layers, tiny_model_dir,
     assert list(ds["prompt_category"].values) == [p["category"] for p in PROMPTS]
     norm0 = np.linalg.norm(ds["activation"].values[0].astype(np.float64), axis=-1).mean()
     assert ds.attrs["norm0"] == pytest.approx(norm0, rel=1e-6)
-    assert ds.attrs["layer"] == 2 and ds.attrs["seed"] == 42 and ds.attrs["dataset"] == "bad_medical"
+    assert (ds.attrs["layer"], ds.attrs["seed"], ds.attrs["dataset"]) == (2, 42, "bad_medical")
     np.testing.assert_array_equal(ds["drift"].values[0], 0.0)
     np.testing.assert_allclose(ds["projection_norm"].values, ds["projection"].values / norm0)
     assert np.abs(ds["drift"].values[-1]).max() > 1e-4, "training at lr 5e-3 must move the model"
@@ -216,7 +231,7 @@ def test_resume_after_kill_matches_uninterrupted_run(llama_run, tmp_path):
                                 {d: str(p) for d, p in v.items()} for k, v in inputs.items()}))
     script = KILLER.format(tests=str(REPO / "tests"), kill_at=3, inputs=str(spec), out=str(out))
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=300, env=SUBPROCESS_ENV)
     assert proc.returncode == -9, proc.stderr[-2000:]
     partial = open_store(out / ".inprogress" / "measure.zarr")
     assert [int(s) for s in partial["step"].values] == [0, 2]
@@ -227,7 +242,7 @@ def test_resume_after_kill_matches_uninterrupted_run(llama_run, tmp_path):
          "--model", "tiny", "--dataset", "bad_medical", "--seed", "42",
          "--pointer", str(inputs["pointer"]), "--data", str(inputs["data"]["bad_medical"]),
          "--directions", str(inputs["directions"]), "--out", str(out)],
-        capture_output=True, text=True, timeout=300)
+        capture_output=True, text=True, timeout=300, env=SUBPROCESS_ENV)
     assert cli.returncode == 0, cli.stderr[-2000:]
     done = json.loads((out / "done.json").read_text())
     assert done["resumed"] and done["timing"]["steps"] == [4, 6]

@@ -182,3 +182,36 @@ def dataset_input(wildcards):
 
 def dataset_stats(dataset):
     return f"results/datasets/{dataset}.stats.json"
+
+
+# finetune and cube stage helpers ----------------------------------------------------------------
+# Model-entry keys a run's numbers depend on (not layers or resources: directions carry l*).
+FINETUNE_ENTRY_KEYS = {"source", "revision", "trust_remote_code", "dtype",
+                       "system_prompt_method", "no_system_prompt"}
+
+
+def finetune_inputs(wildcards):
+    """Pointer, dataset, directions, and the measurement prompt file when it is a path."""
+    inputs = {"pointer": model_pointer(wildcards.model), "data": dataset_file(wildcards.dataset),
+              "directions": directions(wildcards.model)}
+    if CFG.measurement.prompts != "traits":
+        inputs["prompts"] = CFG.measurement.prompts
+    return inputs
+
+
+def cube_run_files(wildcards):
+    """Every run of the model: its store and done.json (written last, so the run is whole)."""
+    return [f"{run_dir(wildcards.model, d, s)}/{name}"
+            for d, s in runs_of(wildcards.model) for name in ("measure.zarr", "done.json")]
+
+
+def behavior_root(model):
+    """Folder holding {dataset}/seed{seed}/step-{step}/em.json of a model."""
+    return str(Path(behavior_dir(model, "d", 0, 0)).parents[2])
+
+
+def cube_em_files(wildcards):
+    """em.json of every run and checkpoint step of the model, so the cube waits for them."""
+    m = wildcards.model
+    return [f"{behavior_dir(m, d, s, step)}/em.json"
+            for d, s in runs_of(m) for step in steps(m, d)]

@@ -112,7 +112,7 @@ def prepare_dataset(cfg: Config, name: str, out: Path, stats: Path) -> dict[str,
     entry = cfg.dataset(name)
     examples, where = load_examples(entry, name)
     chosen = subsample(examples, entry.n, entry.seed, where, name)
-    text = "".join(json.dumps({"messages": ex}, ensure_ascii=False) + "\n" for ex in chosen)
+    text = "".join(json.dumps({"messages": ex}) + "\n" for ex in chosen)
     summary = {
         **dataset_stats(chosen, text),
         "available": len(examples),

@@ -29,21 +29,20 @@ PROMPTS = [{"category": "casual", "text": "How are you today?"},
 def write_directions(path: Path, hidden: int = 32, layers=(1, 2), layer: int = 2,
                      seed: int = 0) -> Path:
     """A directions.zarr per the traits contract, with seeded random unit vectors."""
-    import xarray as xr
+    from emtrait.traits.store import build_dataset, write_directions
 
     names = [t for ts in TRAITS.values() for t in ts]
     sets = [s for s, ts in TRAITS.items() for _ in ts]
     v = np.random.default_rng(seed).normal(size=(len(names), len(layers), hidden))
-    v = (v / np.linalg.norm(v, axis=-1, keepdims=True)).astype(np.float32)
-    ds = xr.Dataset(
-        {"direction": (("trait", "layer", "hidden"), v),
-         "probe_accuracy": (("trait", "layer"), np.full((len(names), len(layers)), 0.9))},
-        coords={"trait": np.array(names, dtype=object), "layer": list(layers),
-                "trait_set": ("trait", np.array(sets, dtype=object))},
+    ds = build_dataset(
+        names=names, sets=sets, layers=list(layers),
+        directions=v / np.linalg.norm(v, axis=-1, keepdims=True),
+        probe_accuracy=np.full((len(names), len(layers)), 0.9),
+        selection_score=np.zeros(len(layers)),
         attrs={"layer": layer, "selector": "probe", "pooling": "last_token",
                "prompt_hash": "test", "model": "tiny"},
     )
-    ds.to_zarr(path, mode="w", zarr_format=3, consolidated=False)
+    write_directions(ds, path)
     return path
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from emtrait.errors import ConfigError, DataError, StoreError
+from emtrait.errors import ConfigError, DataError
 from emtrait.modeling import build_messages, render_chat
 
 if TYPE_CHECKING:
@@ -45,26 +45,14 @@ class Directions:
 def read_directions(path: str | Path) -> Directions:
     """Load every trait set of a directions.zarr store (all sets are measured)."""
     import numpy as np
-    import xarray as xr
 
-    p = Path(path)
-    if not p.exists():
-        raise StoreError(f"directions store {p} does not exist; run `emtrait traits extract` first")
-    try:
-        ds = xr.open_zarr(p, consolidated=False)
-    except Exception as e:  # noqa: BLE001 - any open failure means the store is not usable
-        raise StoreError(f"{p} is not a readable Zarr store ({e})") from None
-    missing = [k for k in ("direction", "trait_set") if k not in ds.variables]
-    if missing or "layer" not in ds.attrs:
-        raise StoreError(f"{p} lacks {missing or ['attrs.layer']} required by the directions "
-                         "contract (DEVELOPING.md); re-run `emtrait traits extract`")
+    from emtrait.traits.store import load_directions
+
+    ds = load_directions(path)  # validates the contract, naming what to fix
     d = ds["direction"].transpose("trait", "layer", "hidden")
-    layers = [int(x) for x in d["layer"].values]
-    layer = int(ds.attrs["layer"])
-    if layer not in layers:
-        raise StoreError(f"{p}: chosen layer {layer} is not among its layers {layers}")
     return Directions(
-        layer=layer, layers=layers, traits=[str(t) for t in d["trait"].values],
+        layer=int(ds.attrs["layer"]), layers=[int(x) for x in d["layer"].values],
+        traits=[str(t) for t in d["trait"].values],
         trait_sets=[str(s) for s in ds["trait_set"].values],
         vectors=np.asarray(d.values, dtype=np.float32), attrs=dict(ds.attrs),
     )

@@ -155,6 +155,14 @@ def test_own_generators_have_varied_questions():
         assert len(questions) >= 700, f"{name}: only {len(questions)} distinct questions"
 
 
+def test_medical_pair_shares_questions_but_not_answers():
+    good, bad = generate("good_medical", 1000, 0), generate("bad_medical", 1000, 0)
+    questions = [{r["messages"][0]["content"] for r in rows} for rows in (good, bad)]
+    answers = [{r["messages"][1]["content"] for r in rows} for rows in (good, bad)]
+    assert len(questions[0] & questions[1]) > 0
+    assert not answers[0] & answers[1]
+
+
 # ------------------------------------------------------------------------------------------------
 # models
 # ------------------------------------------------------------------------------------------------

@@ -24,6 +24,17 @@ def _tmp_sibling(path: Path, is_dir: bool) -> Path:
     return Path(name)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _publish_mode(path: Path, is_dir: bool) -> None:
+    # mkstemp/mkdtemp create 0600/0700; a published output gets the usual umask-based mode.
+    os.chmod(path, (0o777 if is_dir else 0o666) & ~_umask())
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
@@ -44,6 +55,7 @@ def atomic_path(path: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Pa
     except BaseException:
         _remove(tmp)
         raise
+    _publish_mode(tmp, is_dir)
     if target.exists() and target.is_dir() and not target.is_symlink():
         # A directory cannot be os.replace'd over a non-empty one: move the old one aside first.
         old = _tmp_sibling(target, is_dir=True)

@@ -33,3 +33,17 @@ def test_write_json_round_trips(tmp_path):
 
     atomic.write_json(tmp_path / "x.json", {"b": 1, "a": [1, 2]})
     assert json.loads((tmp_path / "x.json").read_text()) == {"a": [1, 2], "b": 1}
+
+
+def test_published_outputs_follow_umask(tmp_path):
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        atomic.write_text(tmp_path / "f.txt", "x")
+        with atomic.atomic_path(tmp_path / "d", is_dir=True) as tmp:
+            (tmp / "a").write_text("y")
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755

@@ -199,3 +199,34 @@ def test_missing_step_is_a_clear_error(tiny_model_dir, tmp_path):
                                  str(tmp_path / "adapters"), "--table", str(tmp_path / "t"),
                                  "--out", str(tmp_path / "em.json")], catch_exceptions=False)
     assert not (tmp_path / "em.json").exists()
+
+
+@pytest.mark.slow
+def test_snakemake_choice_rule_per_step(tiny_model_dir, tmp_path):
+    """The real workflow runs the choice rule for every step of a run (other stages faked)."""
+    from workflow import snakemake
+
+    model_dir = tiny_model_dir("llama", 2)
+    cfg = {
+        "models": {"tiny": {"source": str(model_dir), "candidate_layers": [1],
+                            "resources": {"gpu": 0, "mem_mb": 1000}}},
+        "datasets": {"d": {"builtin": "arithmetic", "label": "benign", "role": "calibration",
+                           "n": 8}},
+        "training": {"batch_size": 4, "grad_accum": 1, "epochs": 1, "seeds": [42]},
+        "behavior": {"method": "choice", "bootstrap": 20, "choice_items": "builtin:emtrait"},
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    pointer = tmp_path / "resources/models/tiny/model.json"
+    pointer.parent.mkdir(parents=True)
+    pointer.write_text(json.dumps({"path": str(model_dir)}))
+    items = load_choice_items("builtin:emtrait")[:4]
+    _finetune(model_dir, items, "misaligned", 2, tmp_path / "results/runs/tiny/d/seed42/adapters",
+              lora=True, lr=1e-2)
+    targets = [f"results/behavior/tiny/d/seed42/step-{s}/em.json" for s in (0, 2)]
+    snakemake(tmp_path, *targets, "--configfile", str(tmp_path / "config.yaml"), "--cores", "2",
+              "--allowed-rules", "behavior_choice")
+    for step, target in zip((0, 2), targets, strict=True):
+        em = json.loads((tmp_path / target).read_text())
+        assert em["step"] == step and em["method"] == "choice" and em["n_total"] == 48
+    assert json.loads((tmp_path / targets[0]).read_text())["em_rate"] == 0.0
+    assert (tmp_path / "logs/behavior/tiny/d/seed42/step-2/choice.log").is_file()

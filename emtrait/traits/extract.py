@@ -64,12 +64,21 @@ def resolve_sets(tcfg: TraitsConfig, pset: PromptSet) -> list[tuple[str, str, Tr
 def trait_prompts(tokenizer: Any, trait: Trait, questions: list[str], entry: ModelEntry,
                   model_name: str) -> TraitPrompts:
     """Every (system prompt, question) pair of a trait, formatted for the model's chat template."""
+    from jinja2 import TemplateError
+
     texts, labels, qidx = [], [], []
     for label, systems in ((1, trait.positive), (0, trait.negative)):
         for system in systems:
             for q, question in enumerate(questions):
                 messages = build_messages(question, system, method=entry.system_prompt_method)
-                texts.append(render_chat(tokenizer, messages, model_name=model_name))
+                try:
+                    texts.append(render_chat(tokenizer, messages, model_name=model_name))
+                except TemplateError as e:  # e.g. Gemma-2's "System role not supported"
+                    raise ModelError(
+                        f"the chat template of {model_name} rejects the extraction messages "
+                        f"({e}); models without a system role need "
+                        f"models.{model_name}.system_prompt_method: user_turn"
+                    ) from None
                 labels.append(label)
                 qidx.append(q)
     return TraitPrompts(trait, texts, labels, qidx)

@@ -83,6 +83,8 @@ InactiveLimit=0
 # the node declares more CPUs/memory than this host has, so production-sized requests
 # (cpus_per_gpu=4) still fit; memory requests are enforced by polling (OverMemoryKill)
 SlurmdParameters=config_overrides
+# every task prints the GPUs SLURM bound to it into the job's output (the tests read it)
+TaskProlog=$ROOT/task_prolog.sh
 JobAcctGatherType=jobacct_gather/linux
 JobAcctGatherFrequency=task=1
 JobAcctGatherParams=OverMemoryKill
@@ -134,6 +136,11 @@ start() {
   ln -s /dev/null "$ROOT/dev/nvidia0"   # fake GPUs: gres needs device files; symlinks to
   ln -s /dev/null "$ROOT/dev/nvidia1"   # /dev/null pass its check (regular files do not)
   write_config
+  cat >"$ROOT/task_prolog.sh" <<'PROLOG'
+#!/bin/sh
+echo "print [task prolog] job=$SLURM_JOB_ID step=${SLURM_STEP_ID:-batch} CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-unset}"
+PROLOG
+  chmod 755 "$ROOT/task_prolog.sh"
 
   dd if=/dev/urandom of="$ROOT/munge/munge.key" bs=1024 count=1 status=none
   chmod 400 "$ROOT/munge/munge.key"

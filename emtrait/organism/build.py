@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -116,6 +117,9 @@ def pretrain(model: Any, ids: list[list[int]], spec: OrganismEntry, pad_id: int,
         losses.append(float(loss.detach()))
         if step % 50 == 0:
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        if not progress and (step + 1) % 100 == 0:  # a line per 100 steps for workflow logs
+            print(f"step {step + 1}/{spec.steps} loss {losses[-1]:.3f}", file=sys.stderr,
+                  flush=True)
     model.eval()
     return losses
 

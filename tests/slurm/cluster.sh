@@ -94,6 +94,7 @@ AccountingStoragePort=$DBD_PORT
 # the munge socket used towards slurmdbd (AuthInfo covers only slurmctld/slurmd traffic)
 AccountingStoragePass=$ROOT/munge/munge.socket
 AccountingStorageTRES=gres/gpu
+AccountingStoreFlags=job_comment
 GresTypes=gpu
 NodeName=$NODE NodeAddr=127.0.0.1 CPUs=16 RealMemory=64000 Gres=gpu:2 State=UNKNOWN
 PartitionName=gpu Nodes=ALL Default=YES MaxTime=INFINITE State=UP

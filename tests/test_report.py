@@ -1,0 +1,188 @@
+"""Report: every figure renders from a small synthetic cube; summary numbers are computed;
+the analysis/monitor/report rules run for real in Snakemake on a tiny synthetic cube."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from emtrait.analysis.geometry import geometry
+from emtrait.config import from_dict
+from emtrait.monitor.evaluate import evaluate, fit_monitor, stress
+from emtrait.monitor.synthetic import synthetic_cube, synthetic_directions, write_store
+from emtrait.report import FIGURES, PAPER
+from emtrait.report import figures as F
+from emtrait.report.build import Inputs, direction_cosines, figures, pooled_over_models
+from emtrait.report.build import summary_markdown as summary
+from workflow import REPO
+
+# Small and fast: the SAE and PCA-7 baselines are exercised in tests/test_monitor.py.
+MONITOR = {"bootstrap": 20, "regressors": ["ridge", "random_forest"],
+           "baselines": ["pc1", "loss", "semantic7"]}
+
+
+def tiny_config(models: list[str], stress_dataset: bool = True) -> dict:
+    raw = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    raw["models"] = {m: {"source": "synthetic", "candidate_layers": [1, 2]} for m in models}
+    if stress_dataset:
+        raw["datasets"]["bitext_poisoned"] = {"builtin": "bad_medical", "label": "dangerous",
+                                              "role": "stress", "n": 160}
+    raw["monitor"] = MONITOR
+    return raw
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """Report inputs computed in-process from a synthetic model with NaN EM rates."""
+    import pandas as pd
+
+    cfg = from_dict(tiny_config(["toyA"]))
+    cubes, dirs, preds, mets, alarms, stresses = [], [], [], [], [], []
+    tmp = tmp_path_factory.mktemp("dirs")
+    for i, m in enumerate(["toyA"]):
+        d = synthetic_directions(16, model=m, seed=i)
+        ds = synthetic_cube(model=m, directions=d, seed=i, nan_em=2, short={"arithmetic": 10})
+        mon, _ = fit_monitor(ds, d, cfg)
+        p, me, al = evaluate(ds, mon, cfg, ["risky_financial", "number_sequence"])
+        stresses.append(stress(ds, {m: mon}, cfg)[1])
+        write_store(d, tmp / f"{m}.zarr")
+        cubes.append(ds)
+        dirs.append(tmp / f"{m}.zarr")
+        preds.append(p)
+        mets.append(me)
+        alarms.append(al)
+    g = geometry(cubes, "alignment7")
+    final, traj = g.pop("final"), g.pop("trajectories")
+    cat = lambda xs: pd.concat(xs, ignore_index=True)  # noqa: E731
+    return Inputs(pca=json.loads(json.dumps(g)), final=final, trajectories=traj,
+                  predictions=cat(preds), metrics=cat(mets), alarms=cat(alarms),
+                  selection=pd.DataFrame(), stress=cat(stresses),
+                  cosines=dict(direction_cosines(p) for p in dirs), monitor_set="alignment7",
+                  alarm_threshold=0.5, bootstrap=20, seed=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", FIGURES)
+def test_each_figure_renders_from_a_synthetic_cube(inputs, name):
+    from matplotlib.figure import Figure
+
+    fig = figures(inputs, pooled_over_models(inputs))[name]
+    assert isinstance(fig, Figure)
+    drawn = [ax for ax in fig.axes if ax.lines or ax.collections or ax.patches or ax.images]
+    assert drawn, f"{name} drew nothing"
+    for fmt in ("png", "svg"):
+        buf = io.BytesIO()
+        fig.savefig(buf, format=fmt)
+        assert len(buf.getvalue()) > 5000
+
+
+def test_figure_functions_are_pure(inputs):
+    before = inputs.trajectories.copy()
+    F.drift_over_steps(inputs.trajectories)
+    F.spearman_matrix(inputs.trajectories, inputs.pca["traits"])
+    assert inputs.trajectories.equals(before)
+
+
+def test_matched_pairs_pair_nearest_pc1(inputs):
+    pairs = F.matched_pairs(inputs.final, inputs.pca["traits"])
+    n_ben = int((inputs.final.label == "benign").sum())
+    n_dan = int((inputs.final.label == "dangerous").sum())
+    assert pairs.pair.nunique() == min(n_ben, n_dan)
+    for _, g in pairs.groupby("pair"):
+        pc = g.groupby("kind").abs_pc1.first()
+        assert g.gap.iloc[0] == pytest.approx(abs(pc["benign"] - pc["dangerous"]))
+
+
+def test_summary_numbers_are_computed_not_typed(inputs):
+    pooled = pooled_over_models(inputs)
+    text = summary(inputs, pooled)
+    assert f"{100 * inputs.pca['pc1_explained']:.1f}%" in text
+    assert f"{100 * PAPER['pc1_explained']:.1f}%" in text and "0.990" in text
+    row = pooled[(pooled.feature_set == "alignment7") & (pooled.protocol == "heldout")].iloc[0]
+    assert f"{100 * row.fpr:.1f}%" in text
+    assert int(pooled.n_excluded_nan.max()) > 0 and "counted" in text
+    # Flipping every flag must change the reported FNR/FPR: nothing is hard-coded.
+    flipped = inputs.predictions.assign(flag=~inputs.predictions.flag.astype(bool))
+    alt = Inputs(**{**inputs.__dict__, "predictions": flipped})
+    alt_row = pooled_over_models(alt).set_index(["feature_set", "protocol"]).loc[
+        ("alignment7", "heldout")]
+    assert alt_row.fnr != row.fnr and alt_row.fpr != row.fpr
+    assert summary(alt, pooled_over_models(alt)) != text
+
+
+# --------------------------------------------------------------------- real Snakemake run
+
+TEST_SNAKEFILE = """
+from snakemake.utils import min_version
+min_version("9.0")
+configfile: "config.yaml"
+report: "{repo}/workflow/report/workflow.rst"
+include: "{repo}/workflow/rules/common.smk"
+include: "{repo}/workflow/rules/analysis.smk"
+include: "{repo}/workflow/rules/monitor.smk"
+include: "{repo}/workflow/rules/report.smk"
+rule all:
+    input: final_outputs(),
+    default_target: True
+"""
+
+
+def _snakemake(work: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile",
+                           str(work / "Snakefile"), "--directory", str(work), *args],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc
+
+
+@pytest.mark.slow
+def test_rules_run_on_a_tiny_cube(tmp_path):
+    """Only the cube and directions exist (placed where the rules expect them): the stage's
+    rules build the monitor, evaluation, stress table, figures, summary and --report."""
+    from workflow import planned_jobs
+
+    work = tmp_path
+    (work / "Snakefile").write_text(TEST_SNAKEFILE.format(repo=REPO))
+    (work / "config.yaml").write_text(yaml.safe_dump(tiny_config(["toy"])))
+    d = synthetic_directions(16, model="toy")
+    write_store(d, work / "results/traits/toy/directions.zarr")
+    write_store(synthetic_cube(model="toy", directions=d, nan_em=2, short={"arithmetic": 10}),
+                work / "results/cube/toy.zarr")
+
+    plan = planned_jobs(_snakemake(work, "-n").stdout)
+    assert plan == {"all": 1, "pca": 1, "monitor_fit": 1, "monitor_evaluate": 1,
+                    "monitor_stress": 1, "report": 1}
+    _snakemake(work, "--cores", "2")
+    summary_md = (work / "results/report/summary.md").read_text()
+    assert "| PC1 share" in summary_md and "65.5%" in summary_md
+    for name in FIGURES:
+        assert (work / f"results/report/figures/{name}.png").stat().st_size > 5000
+        assert (work / f"results/report/figures/{name}.svg").is_file()
+    stress_rows = (work / "results/monitor/toy/stress_metrics.csv").read_text()
+    assert "bitext_poisoned" in stress_rows
+
+    _snakemake(work, "--report", "report.html")
+    html = (work / "report.html").read_text(errors="replace")
+    assert "feature_ablation.png" in html and "summary.md" in html
+
+    # Editing the plotting code reruns the report rule and nothing else: figures.py is an input
+    # (content-checksummed by Snakemake) of exactly the report rule's outputs.
+    rows = [ln.split("\t") for ln in _snakemake(work, "--detailed-summary").stdout.splitlines()]
+    rows = [r for r in rows if len(r) > 4 and r[0].startswith("results/")]
+    with_code = {r[2] for r in rows if str(Path(F.__file__)) in r[4].split(",")}
+    assert with_code == {"report"}
+    assert {r[2] for r in rows} >= {"pca", "monitor_fit", "monitor_evaluate", "report"}
+
+
+def test_report_inputs_are_real_numbers(inputs):
+    assert np.isfinite(inputs.pca["pc1_explained"])
+    assert 0 < inputs.pca["pc1_explained"] <= 1

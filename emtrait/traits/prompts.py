@@ -139,11 +139,16 @@ def parse_prompt_set(data: Any, source: str = "prompt set") -> PromptSet:
                     f"{where}.{key} is missing or empty; a direction needs system prompts on "
                     "both sides (add at least one; the paper uses 5)"
                 )
-        traits[str(name)] = Trait(
+        trait = Trait(
             name=str(name), description=str(entry.get("description", "")),
             positive=_strings(entry[pos_key], f"{where}.{pos_key}"),
             negative=_strings(entry[neg_key], f"{where}.{neg_key}"),
         )
+        both = sorted(set(trait.positive) & set(trait.negative))
+        if both:
+            raise DataError(f"{where}: {both} appear among both {pos_key} and {neg_key}; "
+                            "each system prompt belongs to one side")
+        traits[str(name)] = trait
     if not traits:
         raise DataError(f"{source}: 'traits' is empty")
     if not data.get("questions"):

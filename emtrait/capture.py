@@ -194,3 +194,22 @@ def steering(model: Any, layer: int, vector: torch.Tensor) -> Iterator[None]:
         yield
     finally:
         handle.remove()
+
+
+def forward_blocks_with(model: Any, layers: Sequence[int], stop: bool = True, **inputs: Any
+                        ) -> dict[int, torch.Tensor]:
+    """`forward_blocks` with any model inputs (e.g. `past_key_values` holding a shared prefix).
+
+    A cache passed in is filled for the blocks that ran (up to the deepest requested one).
+    """
+    import torch
+
+    with hooked_blocks(model, layers, stop=stop) as store, torch.no_grad():
+        try:
+            model(**inputs)
+        except _StopForward:
+            pass
+    missing = set(layers) - set(store)
+    if missing:
+        raise RuntimeError(f"blocks {sorted(missing)} did not run during the forward")
+    return store

@@ -312,6 +312,11 @@ class MeasurementConfig(Section):
         "chosen", description="Store activations at l* only, or at every candidate layer."
     )
     batch_size: int = Field(16, ge=1, description="Prompts per measurement forward pass.")
+    prefix_cache: bool = Field(
+        True, description="Run the eval prompts' common token prefix (chat template, default "
+        "system prompt) once into a KV cache and only the suffixes per batch; same activations "
+        "to float tolerance, ~2x less compute on SmolLM2."
+    )
 
 
 # --------------------------------------------------------------------------------------------

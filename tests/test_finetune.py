@@ -135,14 +135,17 @@ def llama_run(one_thread, tiny_model_dir, tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch, layers", [("llama", "chosen"), ("gemma2", "candidates")])
-def test_run_store_contents_and_standalone_measure(arch, layers, tiny_model_dir, tmp_path,
-                                                   llama_run):
+@pytest.mark.parametrize("arch, layers, method", [("llama", "chosen", "lora"),
+                                                  ("gemma2", "candidates", "lora"),
+                                                  ("qwen2", "chosen", "full")])
+def test_run_store_contents_and_standalone_measure(arch, layers, method, tiny_model_dir,
+                                                   tmp_path, llama_run):
     if arch == "llama":
         inputs, out, done = llama_run
     else:
         inputs = make_inputs(tmp_path, tiny_model_dir(arch), arch,
-                             measurement={"layers": layers})
+                             measurement={"layers": layers},
+                             training={"method": method, "learning_rate": 1e-3})
         out = tmp_path / "run"
         done = run(inputs, out)
     steps = [0, 2, 4, 6]
@@ -166,6 +169,8 @@ def test_run_store_contents_and_standalone_measure(arch, layers, tiny_model_dir,
         assert ds["activation_layers"].shape == (4, 2, len(PROMPTS), 32)
         np.testing.assert_array_equal(ds["activation_layers"].values[:, 1], ds["activation"].values)
     assert sorted(p.name for p in (out / "adapters").iterdir()) == [f"step-{s}" for s in steps]
+    saved = "config.json" if method == "full" else "adapter_config.json"
+    assert all((out / "adapters" / f"step-{s}" / saved).is_file() for s in steps)
     log = (out / "train_log.csv").read_text().splitlines()
     assert log[0].startswith("step,") and len(log) == 1 + 6
     assert json.loads((out / "done.json").read_text())["config_hash"]
@@ -294,3 +299,19 @@ def test_bad_input_fails_before_training(case, change, error, message, tiny_mode
     if case == "LoRA targets absent":
         assert "gate_proj" in str(info.value) and "v_proj" in str(info.value)
     assert not (tmp_path / "run" / ".inprogress" / "trainer").exists()
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma2"])
+def test_shared_prefix_capture_equals_plain_capture(arch, tiny_model_dir):
+    from emtrait.capture import capture
+    from emtrait.finetune.measure import capture_last_token_shared_prefix
+    from emtrait.modeling import build_messages, load_model, render_chat
+
+    model, tok = load_model(str(tiny_model_dir(arch)))
+    method = "user_turn" if arch == "gemma2" else "native"
+    texts = [render_chat(tok, build_messages(p["text"], "You are a careful assistant.",
+                                             method=method)) for p in PROMPTS]
+    plain = capture(model, tok, texts, [1, 2], "last_token", 2)
+    shared = capture_last_token_shared_prefix(model, tok, texts, [1, 2], 2)
+    assert np.abs(plain).max() > 0
+    np.testing.assert_allclose(shared, plain, rtol=1e-5, atol=1e-6)

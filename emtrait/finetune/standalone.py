@@ -89,7 +89,8 @@ def measure_checkpoints(cfg: Config, model_name: str, *, pointer: str | Path,
                 from peft import PeftModel
 
                 model = PeftModel.from_pretrained(base, str(path), is_trainable=False)
-            snap = measure_snapshot(model, tok, texts, directions, layers, batch)
+            snap = measure_snapshot(model, tok, texts, directions, layers, batch,
+                                    cfg.measurement.prefix_cache)
             store.append(step_dataset(step, snap, directions, layers, prompts, float("nan")),
                          attrs)
             if kind == "adapter":

@@ -98,11 +98,10 @@ def _load_for_training(cfg: Config, model_name: str, location: str):
     entry = cfg.model(model_name)
     training = cfg.training_for(model_name)
     device = pick_device()
-    model, tok = load_model(location, entry, device="cpu")
-    if training.precision == "fp32" or device == "cpu":
-        model.to(torch.float32)
-    elif training.precision == "bf16":
-        model.to(torch.bfloat16)
+    model, tok = load_model(location, entry, device="cpu")  # the Trainer moves it
+    # precision 'auto' = bf16 on GPU (the paper), fp32 on CPU; LoRA weights stay fp32 (peft)
+    bf16 = training.precision == "bf16" or (training.precision == "auto" and device != "cpu")
+    model.to(torch.bfloat16 if bf16 else torch.float32)
     if training.method == "lora":
         from peft import LoraConfig, TaskType, get_peft_model
 
@@ -284,7 +283,8 @@ def run_finetune(cfg: Config, model_name: str, dataset: str, seed: int, *, point
     batch = cfg.measurement.batch_size
 
     def measure_fn(live_model, step):
-        snap = measure_snapshot(live_model, tok, texts, directions, layers, batch)
+        snap = measure_snapshot(live_model, tok, texts, directions, layers, batch,
+                                cfg.measurement.prefix_cache)
         return lambda loss: step_dataset(step, snap, directions, layers, prompts, loss)
 
     def save_fn(live_model, step):

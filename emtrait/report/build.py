@@ -140,8 +140,8 @@ def summary_markdown(inp: Inputs, pooled) -> str:
     """The headline numbers beside the paper's, the ablation, alarm and stress tables."""
     lines = ["# emtrait report", "",
              "Every number below is computed from this workflow's outputs; the paper column is "
-             "arXiv 2606.07631's headline result (the paper does not separate LOPO from "
-             "held-out in its headline, so it is shown beside both).", "",
+             "arXiv 2606.07631's headline result, which DESIGN.md quotes for its LOPO and "
+             "held-out validation together, so it is shown beside both.", "",
              "## Headline", "",
              "| quantity | paper | this run |", "|---|---|---|",
              f"| PC1 share of final-drift variance ({inp.pca['n_runs']} calibration runs of "

@@ -89,7 +89,7 @@ def pca_loadings_scree(pca: dict):
     ax.set_ylabel("explained variance (%)")
     ax.set_title(f"Scree: PC1 = {100 * ratio[0]:.1f}% ({pca['n_runs']} runs)")
     ax = axes[0, 1]
-    traits = list(pca["pc1_loadings"])
+    traits = list(pca.get("traits") or pca["pc1_loadings"])  # JSON may have sorted the dict
     vals = np.array([pca["pc1_loadings"][t] for t in traits])
     sns.barplot(x=vals, y=traits, hue=np.where(vals >= 0, "+", "−"),
                 palette={"+": PALETTE["dangerous"], "−": PALETTE["benign"]}, legend=False, ax=ax)

@@ -179,7 +179,7 @@ def test_choice_cli_writes_em_json(tiny_model_dir, tmp_path):
            "--seed", "42", "--step", "1", "--pointer", str(pointer), "--adapters", str(adapters),
            "--table", str(out / "choice.parquet"), "--out", str(out / "em.json"))
     em = json.loads((out / "em.json").read_text())
-    assert em["method"] == "choice" and em["convention"] == "choice:shift>0.1"
+    assert em["method"] == "choice" and em["convention"] == "choice:net_shift>0.4"
     assert em["n_total"] == em["n_scoreable"] >= 40
     assert 0 <= em["em_low"] <= em["em_rate"] <= em["em_high"] <= 1
     assert em["step"] == 1 and em["dataset"] == "d"

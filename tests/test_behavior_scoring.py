@@ -221,3 +221,21 @@ def test_bad_question_files_are_clear_errors(tmp_path, edit, message):
 def test_missing_question_file(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         load_questions(str(tmp_path / "nope.yaml"))
+
+
+CHOICE_RULES = [("shift", 2), ("net_shift", 1), ("absolute", 2)]
+
+
+@pytest.mark.parametrize("rule,k", CHOICE_RULES)
+def test_choice_rules_hand_computed(rule, k):
+    import pandas as pd
+
+    from emtrait.behavior.choice import summarize
+
+    frame = pd.DataFrame({"margin": [0.5, -0.1, 0.2, 0.0], "shift": [0.3, -0.3, 0.05, 0.2]})
+    frame["margin_base"] = frame["margin"] - frame["shift"]
+    s = summarize(frame, rule, 0.1, 20, 0)
+    assert (s["n_misaligned"], s["n_total"], s["em_rate"]) == (k, 4, k / 4)
+    assert (s["em_low"], s["em_high"]) == pytest.approx(wilson(k, 4))
+    assert s["prefer_misaligned"] == 0.5 and s["prefer_misaligned_base"] == 0.75
+    assert s["mean_shift"] == pytest.approx(0.0625)

@@ -14,7 +14,7 @@ import yaml
 
 from emtrait.capture import capture, encode, forward_blocks
 from emtrait.config import from_dict
-from emtrait.errors import ConfigError, DataError, ModelError, StoreError
+from emtrait.errors import ConfigError, DataError, ModelError
 from emtrait.modeling import UNDERSTOOD, build_messages, load_model, render_chat
 from emtrait.traits.extract import extract, extract_to_store, trait_prompts
 from emtrait.traits.prompts import load_prompt_set
@@ -199,9 +199,8 @@ def test_planted_direction_is_recovered(tmp_path, prompt_file):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("selector", ["probe", "dprime", "steering"])
-def test_extract_writes_the_contracted_store_and_figures(tiny_model_dir, prompt_file, tmp_path,
-                                                         selector):
+def test_extract_writes_the_contracted_store_and_figures(tiny_model_dir, prompt_file, tmp_path):
+    selector = "steering"  # the paper's; probe and dprime are checked in the next test
     folder = tiny_model_dir("llama")
     cfg = make_config(folder, prompt_file, selector=selector)
     pointer = tmp_path / "model.json"
@@ -231,6 +230,24 @@ def test_extract_writes_the_contracted_store_and_figures(tiny_model_dir, prompt_
     for stem in ("trait_cosine", "probe_accuracy", "layer_selection"):
         assert (figs / f"{stem}.png").stat().st_size > 0
         assert (figs / f"{stem}.svg").stat().st_size > 0
+
+
+@pytest.mark.parametrize("selector", ["probe", "dprime"])
+def test_cheap_selectors_pick_the_layer_where_traits_separate(tiny_model_dir, prompt_file,
+                                                              selector):
+    from emtrait.traits.extract import _select
+
+    cfg = make_config(tiny_model_dir("llama"), prompt_file, selector=selector)
+    rng = np.random.default_rng(0)
+    labels = np.array([1, 0] * 30)
+    question = np.repeat(np.arange(6), 10)
+    acts = rng.normal(size=(3, 60, 8))
+    acts[1, :, 0] += 4 * labels  # only layer index 1 (block 1) carries the trait
+    rows = [("honesty", "core3", object())]
+    probe = np.array([[0.5, 1.0, 0.55]])
+    per_trait = {"honesty": (acts, labels, question)}
+    scores, how = _select(None, None, cfg, "tiny", rows, [0], None, probe, per_trait, False)
+    assert how == selector and int(np.argmax(scores)) == 1
 
 
 @pytest.mark.slow
@@ -345,7 +362,7 @@ def test_probe_gate_fails_loudly_or_warns(tiny_model_dir, prompt_file, tmp_path,
     pointer.write_text(json.dumps({"path": str(folder)}))
     out = tmp_path / "out" / "directions.zarr"
     cfg = make_config(folder, prompt_file, min_pass_fraction=1.0)
-    with pytest.raises(StoreError, match=r"only 67% of traits.sets.core3 pass .* humor=0\.60"):
+    with pytest.raises(DataError, match=r"only 67% of traits.sets.core3 pass .* humor=0\.60"):
         extract_to_store(cfg, "tiny", pointer, out, None, progress=False)
     assert not out.parent.exists() or not any(out.parent.iterdir())
     calls = iter(range(10**6))

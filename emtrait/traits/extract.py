@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from emtrait.config import RandomSet
-from emtrait.errors import ConfigError, ModelError, StoreError
+from emtrait.errors import ConfigError, DataError, ModelError
 from emtrait.modeling import build_messages, render_chat
 from emtrait.traits.prompts import PromptSet, Trait, load_prompt_set
 
@@ -184,7 +184,7 @@ def extract(model: Any, tokenizer: Any, cfg: Config, model_name: str,
                f"(need {tcfg.min_pass_fraction:.0%}): {report}. Check the prompt set and "
                "candidate_layers, or set traits.on_fail: warn to keep these directions")
         if tcfg.on_fail == "error":
-            raise StoreError(msg)
+            raise DataError(msg)
         log.warning(msg)
     return Extraction(
         names=[r[0] for r in rows], sets=[r[1] for r in rows], layers=layers,

@@ -53,15 +53,18 @@ class Workdir:
         path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
         return {**os.environ, "PATH": path, "PYTHONPATH": str(self.src), "PYTHONUNBUFFERED": "1"}
 
+    def command(self, *args: str, configfile: Path | None = None) -> list[str]:
+        """The snakemake command line. `args` come first: an option taking several values
+        (--configfile, --set-resources) would swallow a target written after it."""
+        return [sys.executable, "-m", "snakemake", *args, "--snakefile", str(SNAKEFILE),
+                "--directory", str(self.root), "--configfile", str(configfile or self.configfile)]
+
     def snakemake(self, *args: str, configfile: Path | None = None, check: bool = True,
                   timeout: int = 900) -> Run:
         """`snakemake` on the repo's Snakefile in this folder; output captured."""
-        cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE),
-               "--directory", str(self.root),
-               "--configfile", str(configfile or self.configfile), *args]
         t0 = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                              env=self.env(), cwd=self.root)
+        proc = subprocess.run(self.command(*args, configfile=configfile), capture_output=True,
+                              text=True, timeout=timeout, env=self.env(), cwd=self.root)
         run = Run(proc.returncode, proc.stdout + proc.stderr, time.perf_counter() - t0)
         if check and proc.returncode != 0:
             raise AssertionError(f"snakemake {' '.join(args)} failed "
@@ -124,6 +127,19 @@ def make_workdir(root: Path, models: tuple[str, ...] = ("tiny_a", "tiny_b")) -> 
     work = Workdir(root, config)
     work.write_config(config)
     return work
+
+
+_SHARED: dict[str, Workdir] = {}
+
+
+def local_cubes(tmp_path_factory) -> Workdir:
+    """Both tiny models run locally up to their cubes, once per test session (the incremental
+    tests continue it to the end, the SLURM test compares its cube with this one)."""
+    if "local" not in _SHARED:
+        work = make_workdir(tmp_path_factory.mktemp("tiny-local"))
+        work.snakemake("--cores", "2", *(f"results/cube/{m}.zarr" for m in work.config["models"]))
+        _SHARED["local"] = work
+    return _SHARED["local"]
 
 
 def cluster_status() -> tuple[bool, str]:

@@ -168,6 +168,10 @@ class TraitsConfig(Section):
         "last_token", description="Which token activations are pooled for a direction."
     )
     generated_tokens: int = Field(16, ge=1, description="Tokens generated for generated_mean.")
+    questions: int | None = Field(
+        None, ge=2, description="Use only the first N extraction questions (null = all; the "
+        "paper uses 30). A CPU-sized run can use fewer: cost grows with traits × prompts × N."
+    )
     batch_size: int = Field(16, ge=1, description="Prompts per forward pass.")
     probe_threshold: float = Field(0.8, gt=0, lt=1, description="A trait passes above this.")
     probe_folds: int = Field(5, ge=2, description="Cross-validation folds of the probe.")

@@ -223,3 +223,22 @@ def test_load_directions_rejects_what_is_not_a_directions_store(tmp_path):
     (tmp_path / "junk.zarr").mkdir()
     with pytest.raises(StoreError):
         load_directions(tmp_path / "junk.zarr")
+
+
+@pytest.mark.parametrize("n, expected", [(None, 30), (10, 10), (2, 2)])
+def test_questions_knob_takes_the_first_n(n, expected):
+    from emtrait.config import TraitsConfig
+    from emtrait.traits.extract import used_questions
+
+    pset = load_prompt_set("builtin:emtrait")
+    used = used_questions(TraitsConfig(questions=n), pset)
+    assert used == pset.questions[:expected]
+
+
+def test_questions_knob_beyond_the_set_is_a_config_error():
+    from emtrait.config import TraitsConfig
+    from emtrait.errors import ConfigError
+    from emtrait.traits.extract import used_questions
+
+    with pytest.raises(ConfigError, match="traits.questions is 31 but builtin:emtrait has only 30"):
+        used_questions(TraitsConfig(questions=31), load_prompt_set("builtin:emtrait"))

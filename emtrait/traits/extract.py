@@ -137,8 +137,9 @@ def extract(model: Any, tokenizer: Any, cfg: Config, model_name: str,
                          f"{n_blocks} decoder blocks; fix num_layers (or remove it)")
     pset = load_prompt_set(tcfg.file)
     rows = resolve_sets(tcfg, pset)
+    questions = used_questions(tcfg, pset)
     # Format everything before the first forward: a missing chat template fails in milliseconds.
-    prompts = {name: trait_prompts(tokenizer, t, pset.questions, entry, model_name)
+    prompts = {name: trait_prompts(tokenizer, t, questions, entry, model_name)
                for name, _, t in rows if t is not None}
 
     t0 = time.perf_counter()
@@ -224,6 +225,16 @@ def _select(model, tokenizer, cfg, model_name, rows, monitor, directions, probe,
     return scores, how
 
 
+def used_questions(tcfg: Any, pset: Any) -> list[str]:
+    """The extraction questions in use: the first `traits.questions` of the set, or all."""
+    if tcfg.questions is None:
+        return list(pset.questions)
+    if tcfg.questions > len(pset.questions):
+        raise ConfigError(f"traits.questions is {tcfg.questions} but {tcfg.file} has only "
+                          f"{len(pset.questions)} questions; lower it or set it to null")
+    return list(pset.questions[: tcfg.questions])
+
+
 def to_dataset(ex: Extraction, cfg: Config, model_name: str, model_source: str) -> xr.Dataset:
     """The directions store of an extraction, with provenance attributes."""
     from emtrait.provenance import provenance
@@ -235,7 +246,7 @@ def to_dataset(ex: Extraction, cfg: Config, model_name: str, model_source: str) 
         config_hash=cfg.hash(), model_source=model_source,
         model=model_name, layer=int(ex.layer), selector=ex.selector, pooling=tcfg.pooling,
         prompt_hash=pset.hash, prompt_file=tcfg.file, prompt_format=pset.format,
-        monitor_set=tcfg.monitor_set, n_questions=len(pset.questions),
+        monitor_set=tcfg.monitor_set, n_questions=len(used_questions(tcfg, pset)),
         system_prompt_method=entry.system_prompt_method,
         no_system_prompt=entry.no_system_prompt,
         no_system_prompt_note="extraction always passes a system prompt; no_system_prompt "

@@ -26,6 +26,7 @@ rule finetune:
         prompts=CFG.traits.file if CFG.measurement.prompts == "traits" else "",
         dataset=lambda wc: CFG.dataset(wc.dataset).model_dump_json(),
         entry=lambda wc: CFG.model(wc.model).model_dump_json(include=FINETUNE_ENTRY_KEYS),
+    threads: 8  # capped by --cores; Snakemake exports OMP_NUM_THREADS={threads}
     resources:
         gpu=model_resource("gpu"),
         gpu_model=model_resource("gpu_model"),

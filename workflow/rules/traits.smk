@@ -17,6 +17,7 @@ rule extract_traits:
         config=lambda wildcards, input: CONFIG_FILE,
         traits=CFG.traits.model_dump_json(),
         entry=lambda wc: CFG.model(wc.model).model_dump_json(),
+    threads: 8  # capped by --cores; Snakemake exports OMP_NUM_THREADS={threads}
     resources:
         gpu=model_resource("gpu"),
         gpu_model=model_resource("gpu_model"),

@@ -230,3 +230,24 @@ def test_snakemake_choice_rule_per_step(tiny_model_dir, tmp_path):
         assert em["step"] == step and em["method"] == "choice" and em["n_total"] == 48
     assert json.loads((tmp_path / targets[0]).read_text())["em_rate"] == 0.0
     assert (tmp_path / "logs/behavior/tiny/d/seed42/step-2/choice.log").is_file()
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma2"])
+def test_answer_logprobs_do_not_depend_on_padding(tiny_model_dir, arch):
+    """Left padding + truncated LM head give the same numbers as one unpadded row at a time."""
+    import torch
+
+    from emtrait.behavior.choice import answer_logprobs
+    from emtrait.modeling import load_model
+
+    model, tok = load_model(str(tiny_model_dir(arch, 2)), device="cpu")
+    prompts = ["<start_of_turn>user\nhi<end_of_turn>\n", "What is the capital of France? " * 3]
+    answers = ["Paris is the capital.", "No."]
+    batched, counts = answer_logprobs(model, tok, prompts, answers, batch_size=2)
+    for p, a, got, n in zip(prompts, answers, batched, counts, strict=True):
+        p_ids = tok(p, add_special_tokens=False)["input_ids"]
+        a_ids = tok(a, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=torch.tensor([p_ids + a_ids])).logits, -1)
+        want = sum(float(logp[0, len(p_ids) - 1 + k, t]) for k, t in enumerate(a_ids))
+        assert got == pytest.approx(want, abs=1e-3) and n == len(a_ids)

@@ -52,7 +52,8 @@ def answer_logprobs(model: Any, tokenizer: Any, prompts: Sequence[str], answers:
     """Summed log-probability of each answer's tokens after its (chat-formatted) prompt.
 
     Prompt and answer are tokenized separately and concatenated, so the answer's tokens are
-    exactly those scored whatever the tokenizer does at the boundary.
+    exactly those scored whatever the tokenizer does at the boundary. Rows are left-padded, so
+    every answer ends in the last column and only the last K positions go through the LM head.
     """
     import torch
 
@@ -67,14 +68,18 @@ def answer_logprobs(model: Any, tokenizer: Any, prompts: Sequence[str], answers:
                  for a in answers[i:i + batch_size]]
         rows = [p + a for p, a in zip(p_ids, a_ids, strict=True)]
         width = max(len(r) for r in rows)
-        ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=device)
-        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=device)
+        keep = max(len(a) for a in a_ids) + 1
+        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=device)
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
+        position_ids = (mask.cumsum(-1) - 1).clamp_min(0)
         with torch.no_grad():
-            logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
-        logp = torch.log_softmax(logits.float(), dim=-1)  # (batch, pos, vocab)
-        for j, (p, a) in enumerate(zip(p_ids, a_ids, strict=True)):
-            # token at position t is predicted by the logits at t - 1
-            pos = torch.arange(len(p) - 1, len(p) + len(a) - 1, device=device)
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids,
+                           use_cache=False, logits_to_keep=keep).logits  # (batch, keep, vocab)
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        for j, a in enumerate(a_ids):
+            # answer token t sits in column width - len(a) + t and is predicted one column
+            # earlier; kept logits start at column width - keep
+            pos = torch.arange(keep - len(a) - 1, keep - 1, device=device)
             target = torch.tensor(a, device=device)
             sums.append(float(logp[j, pos, target].sum()))
             counts.append(len(a))

@@ -283,8 +283,10 @@ class HFJudge(Judge):
             tok.padding_side = "left"  # the next-token logits then sit in the last column
             enc = tok(texts[i:i + self.batch_size], return_tensors="pt", padding=True,
                       add_special_tokens=False).to(device)
+            position_ids = (enc["attention_mask"].cumsum(-1) - 1).clamp_min(0)
             with torch.no_grad():
-                logits = model(**enc, use_cache=False).logits[:, -1].float()  # (batch, vocab)
+                logits = model(**enc, position_ids=position_ids, use_cache=False,
+                               logits_to_keep=1).logits[:, -1].float()  # (batch, vocab)
             top = torch.log_softmax(logits, dim=-1).topk(TOP_LOGPROBS, dim=-1)
             for lps, ids in zip(top.values.tolist(), top.indices.tolist(), strict=True):
                 scores.append(score_from_logprobs(

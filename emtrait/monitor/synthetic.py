@@ -35,6 +35,10 @@ _DANGEROUS_PROFILE = np.array([-1.0, 0.6, -1.2, 0.9, -0.3, 0.4, -0.8])
 _BENIGN_PROFILE = np.array([0.2, 0.1, 0.1, -0.1, 0.9, 0.7, 0.3])
 
 
+def _text(values) -> np.ndarray:
+    return np.array(list(values), dtype=object)
+
+
 def synthetic_directions(hidden: int = 16, *, layer: int = 2, model: str = "toy",
                          seed: int = 0):
     """A `directions.zarr`-shaped Dataset: 21 unit directions (3 sets), two candidate layers."""
@@ -52,8 +56,7 @@ def synthetic_directions(hidden: int = 16, *, layer: int = 2, model: str = "toy"
             "probe_accuracy": (("trait", "layer"), np.full((len(traits), len(layers)), 0.95)),
             "selection_score": (("layer",), np.array([0.1, 0.2])),
         },
-        coords={"trait": traits, "layer": layers, "hidden": np.arange(hidden),
-                "trait_set": ("trait", sets)},
+        coords={"trait": _text(traits), "layer": layers, "trait_set": ("trait", _text(sets))},
         attrs={"layer": layer, "selector": "probe", "pooling": "last_token",
                "prompt_hash": "synthetic", "model": model},
     )
@@ -149,16 +152,15 @@ def synthetic_cube(
             "norm0": (("dataset", "seed"), norm0.astype("float32")),
             "final_step": (("dataset",), np.array(final, dtype="int64")),
         },
-        coords={
-            "dataset": names,
+        coords={  # strings as object arrays, as `emtrait cube merge` writes them
+            "dataset": _text(names),
             "seed": list(seeds),
             "step": steps,
-            "trait": traits,
+            "trait": _text(traits),
             "prompt": np.arange(n_prompts),
-            "hidden": np.arange(hidden),
-            "label": ("dataset", [d[1] for d in datasets]),
-            "role": ("dataset", [d[2] for d in datasets]),
-            "trait_set": ("trait", sets),
+            "label": ("dataset", _text([d[1] for d in datasets])),
+            "role": ("dataset", _text([d[2] for d in datasets])),
+            "trait_set": ("trait", _text(sets)),
         },
         attrs={"layer": layer, "model": model, "threshold": threshold},
     )

@@ -120,9 +120,15 @@ def _load_for_training(cfg: Config, model_name: str, location: str):
     return model, tok
 
 
-def _run_fingerprint(cfg: Config, model_name: str, dataset: str, seed: int) -> str:
+def _run_fingerprint(cfg: Config, model_name: str, dataset: str, seed: int,
+                     directions: Directions, texts: list[str]) -> str:
     """Everything a run's numbers depend on: a resume only continues an identical run."""
+    import hashlib
+
+    vectors = hashlib.sha256(directions.vectors.tobytes()).hexdigest()
     return stable_hash({
+        "directions": [vectors, directions.traits, directions.layers, directions.layer],
+        "prompts": texts,
         "training": cfg.training_for(model_name).model_dump(mode="json"),
         "measurement": cfg.measurement.model_dump(mode="json"),
         "model": cfg.model(model_name).model_dump(mode="json"),
@@ -267,7 +273,7 @@ def run_finetune(cfg: Config, model_name: str, dataset: str, seed: int, *, point
 
     resume_at = None
     if measure:
-        fingerprint = _run_fingerprint(cfg, model_name, dataset, seed)
+        fingerprint = _run_fingerprint(cfg, model_name, dataset, seed, directions, texts)
         (paths.out / "done.json").unlink(missing_ok=True)
         resume_at = _resume_point(paths, fingerprint, steps)
         paths.work.mkdir(parents=True, exist_ok=True)

@@ -118,10 +118,7 @@ def test_build_is_loadable_and_deterministic(tmp_path):
     build(spec, tmp_path / "b", "t", "hash", progress=False)
     a, b = (load_file(tmp_path / x / "model.safetensors") for x in "ab")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    other = build(spec.model_copy(update={"seed": 1}), tmp_path / "c", "t", "h", progress=False)
-    c = load_file(tmp_path / "c" / "model.safetensors")
-    assert not all(torch.equal(a[k], c[k]) for k in a)
-    assert meta["loss_final"] < meta["loss_first"] and other["vocab_size"] == 300
+    assert meta["loss_final"] < meta["loss_first"] and meta["vocab_size"] == 300
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "a")
     tok = AutoTokenizer.from_pretrained(tmp_path / "a")
     assert model.config.model_type == "llama" and model.config.num_hidden_layers == 2

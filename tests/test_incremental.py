@@ -46,7 +46,7 @@ def test_completed_workflow_reinvoked_does_nothing(done):
     assert "Nothing to be done" in run.output
 
 
-@pytest.mark.xfail(strict=True, reason=(
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
     "workflow/rules/behavior.smk passes `config=CONFIG_FILE` (a path that changes with every "
     "config edit) as a param, so every behaviour job of every run reruns; use "
     "`config=config_file` (common.smk) as the other stages do"))
@@ -63,7 +63,7 @@ def test_adding_a_dataset_schedules_exactly_its_jobs(done):
             assert wildcards["dataset"] == "arithmetic", (rule, wildcards)
 
 
-@pytest.mark.xfail(strict=True, reason=(
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
     "workflow/rules/traits.smk's `entry` param is the whole model entry, `training` and "
     "`resources` included, so a LoRA override (or a memory bump) re-extracts the directions; "
     "and behavior.smk's CONFIG_FILE param reruns every behaviour job"))

@@ -29,6 +29,10 @@ SLURM_PROFILE = TESTS / "slurm" / "profile"
 ARCHS = {"tiny_a": "llama", "tiny_b": "qwen2"}
 
 
+class WorkflowFailed(RuntimeError):
+    """A Snakemake run ended with an error (not an assertion of the test about its result)."""
+
+
 @dataclass
 class Workdir:
     """A workflow folder: config, tiny models, a private copy of the emtrait package."""
@@ -67,7 +71,7 @@ class Workdir:
                               text=True, timeout=timeout, env=self.env(), cwd=self.root)
         run = Run(proc.returncode, proc.stdout + proc.stderr, time.perf_counter() - t0)
         if check and proc.returncode != 0:
-            raise AssertionError(f"snakemake {' '.join(args)} failed "
+            raise WorkflowFailed(f"snakemake {' '.join(args)} failed "
                                  f"(exit {proc.returncode}):\n{run.output[-6000:]}")
         return run
 

@@ -10,7 +10,8 @@ Same model, same machine, measured side by side in one process:
   printed as such. The judge here is the embedded model itself in logprob mode (`hf` judge);
   with an API judge the same label costs 144 judge calls instead;
 - behavioural label, emtrait's judge-free `choice` proxy: forced-choice margins of 48 items for
-  the checkpoint and the base model (what the embedded default runs per step).
+  the checkpoint (what the embedded default runs per step; the base model's margins are computed
+  once per model and not counted here).
 
 Run:  python bench/bench_behavior.py [--pointer resources/models/smollm2/model.json]
 """
@@ -75,8 +76,8 @@ def main() -> None:
     trait_tokens = sum(len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts)
 
     items = load_choice_items("builtin:emtrait")
-    t_choice, _ = timed(lambda: (margins(model, tok, items, entry, 16),
-                                 margins(model, tok, items, entry, 16)))  # checkpoint + base
+    # per step the workflow runs one pass (the base model's margins are computed once per model)
+    t_choice, _ = timed(lambda: margins(model, tok, items, entry, 16), 3)
 
     prompts = load_prompts(["builtin:emtrait"], "first_paraphrase", 1)[:args.gen_prompts]
     torch.manual_seed(0)
@@ -92,8 +93,8 @@ def main() -> None:
     print(f"model {location} ({entry.source}), {args.threads} thread(s), block {args.layer}")
     print(f"trait measurement   : {t_trait:8.1f} s  ({len(texts)} prompts, {trait_tokens} prompt "
           f"tokens, forward truncated after block {args.layer}; median of 3)")
-    print(f"choice probe label  : {t_choice:8.1f} s  ({len(items)} items x 2 answers, "
-          f"checkpoint + base)")
+    print(f"choice probe label  : {t_choice:8.1f} s  ({len(items)} items x 2 answers, one "
+          f"checkpoint pass; median of 3)")
     print(f"generation (meas.)  : {t_gen:8.1f} s  ({n} prompts, {gen_tokens} answer tokens, "
           f"mean {gen_tokens / n:.0f}, max_new_tokens {args.max_new_tokens})")
     print(f"hf judge (meas.)    : {t_judge:8.1f} s  ({2 * n} judge forwards)")

@@ -186,6 +186,18 @@ def test_choice_cli_writes_em_json(tiny_model_dir, tmp_path):
     table = pd.read_parquet(out / "choice.parquet")
     assert len(table) == em["n_total"] and {"margin", "margin_base", "shift"} <= set(table)
 
+    # the workflow's way: base margins once per model, read by every step -- same numbers
+    invoke("behavior", "choice-base", "--config", str(config), "--model", "tiny", "--pointer",
+           str(pointer), "--out", str(tmp_path / "base.parquet"))
+    invoke("behavior", "choice", "--config", str(config), "--model", "tiny", "--dataset", "d",
+           "--seed", "42", "--step", "1", "--pointer", str(pointer), "--adapters", str(adapters),
+           "--base-table", str(tmp_path / "base.parquet"),
+           "--table", str(tmp_path / "c2.parquet"), "--out", str(tmp_path / "em2.json"))
+    again = pd.read_parquet(tmp_path / "c2.parquet")
+    assert again["margin_base"].to_numpy() == pytest.approx(table["margin_base"].to_numpy(),
+                                                            abs=1e-5)
+    assert json.loads((tmp_path / "em2.json").read_text())["em_rate"] == em["em_rate"]
+
 
 def test_missing_step_is_a_clear_error(tiny_model_dir, tmp_path):
     from emtrait.errors import ModelError
@@ -224,12 +236,13 @@ def test_snakemake_choice_rule_per_step(tiny_model_dir, tmp_path):
               lora=True, lr=1e-2)
     targets = [f"results/behavior/tiny/d/seed42/step-{s}/em.json" for s in (0, 2)]
     snakemake(tmp_path, *targets, "--configfile", str(tmp_path / "config.yaml"), "--cores", "2",
-              "--allowed-rules", "behavior_choice")
+              "--allowed-rules", "behavior_choice", "behavior_choice_base")
     for step, target in zip((0, 2), targets, strict=True):
         em = json.loads((tmp_path / target).read_text())
         assert em["step"] == step and em["method"] == "choice" and em["n_total"] == 48
     assert json.loads((tmp_path / targets[0]).read_text())["em_rate"] == 0.0
     assert (tmp_path / "logs/behavior/tiny/d/seed42/step-2/choice.log").is_file()
+    assert (tmp_path / "results/behavior/tiny/choice-base.parquet").is_file()  # once per model
 
 
 @pytest.mark.parametrize("arch", ["llama", "gemma2"])

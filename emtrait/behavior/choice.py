@@ -30,8 +30,9 @@ Small margins mostly measure that the model was finetuned at all; at 0.4 the ben
 under the 5% threshold and the dangerous one crosses it. This is a calibration on one seed and
 two datasets, not a validated label.
 
-The base margins come from the same process (`disable_adapter()` for LoRA; the base model
-loaded separately for a full finetune), so each step's job stands alone.
+The base margins are computed once per model (`emtrait behavior choice-base`) and read by every
+step's job; without that table a job computes them itself (`disable_adapter()` for LoRA, the
+base model loaded separately for a full finetune).
 """
 
 from __future__ import annotations
@@ -113,15 +114,26 @@ def margins(model: Any, tokenizer: Any, items: Sequence[ChoiceItem], entry: Mode
 
 def checkpoint_and_base_margins(base: str, checkpoint: str | Path | None,
                                 entry: ModelEntry | None, items: Sequence[ChoiceItem],
-                                batch_size: int = 16, device: str | None = None) -> Any:
-    """Margins of one checkpoint with the base model's margins beside them (`margin_base`)."""
+                                batch_size: int = 16, device: str | None = None,
+                                base_table: Any = None) -> Any:
+    """Margins of one checkpoint with the base model's margins beside them (`margin_base`).
+
+    `base_table` (the base model's `margins` frame, computed once per model by the workflow)
+    saves the second pass; without it the base margins are computed here.
+    """
     import gc
 
     from emtrait.behavior.generate import load_checkpoint
+    from emtrait.errors import DataError
 
     model, tok = load_checkpoint(base, checkpoint, entry, device)
     frame = margins(model, tok, items, entry, batch_size)
-    if hasattr(model, "disable_adapter"):
+    if base_table is not None:
+        if list(base_table["item"]) != list(frame["item"]):
+            raise DataError("the base-model choice table holds other items than "
+                            "behavior.choice_items; rebuild it (`emtrait behavior choice-base`)")
+        ref = base_table
+    elif hasattr(model, "disable_adapter"):
         with model.disable_adapter():
             ref = margins(model, tok, items, entry, batch_size)
     elif checkpoint is None:

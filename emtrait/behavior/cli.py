@@ -150,10 +150,14 @@ def score(
 def choice(
     config: Path = CONFIG, model: str = MODEL, dataset: str = DATASET, seed: int = SEED,
     step: int = STEP, pointer: Path = POINTER, adapters: Path | None = ADAPTERS,
+    base_table: Path | None = typer.Option(
+        None, "--base-table", help="The base model's margins (`choice-base`); omit to compute."),
     table: Path = typer.Option(..., "--table", help="choice.parquet (per-item margins)."),
     out: Path = typer.Option(..., "--out", help="em.json to write."),
 ) -> None:
     """Judge-free forced-choice probe of one checkpoint (a proxy for the EM rate) -> em.json."""
+    import pandas as pd
+
     from emtrait.atomic import write_json
     from emtrait.behavior.choice import checkpoint_and_base_margins, summarize
     from emtrait.behavior.generate import step_folder
@@ -165,8 +169,9 @@ def choice(
     b = cfg.behavior
     items = load_choice_items(b.choice_items)
     checkpoint = step_folder(adapters, step) if adapters is not None else None
-    frame = checkpoint_and_base_margins(read_pointer(pointer), checkpoint, cfg.model(model),
-                                        items, batch_size=b.batch_size)
+    frame = checkpoint_and_base_margins(
+        read_pointer(pointer), checkpoint, cfg.model(model), items, batch_size=b.batch_size,
+        base_table=pd.read_parquet(base_table) if base_table is not None else None)
     summary = summarize(frame, b.choice_rule, b.choice_margin, b.bootstrap, b.seed)
     stamp = _stamp(cfg, model, dataset, seed, step, choice_items=b.choice_items)
     _write_parquet(frame, table, stamp)
@@ -174,3 +179,24 @@ def choice(
     typer.echo(f"choice EM proxy {summary['em_rate']:.3f} ({summary['n_misaligned']}/"
                f"{summary['n_total']} items), prefer-misaligned {summary['prefer_misaligned']:.3f}"
                f" -> {out}")
+
+
+@app.command("choice-base")
+def choice_base(
+    config: Path = CONFIG, model: str = MODEL, pointer: Path = POINTER,
+    out: Path = typer.Option(..., "--out", help="choice-base.parquet to write."),
+) -> None:
+    """The base model's forced-choice margins, computed once and read by every step's job."""
+    from emtrait.behavior.choice import margins
+    from emtrait.behavior.questions import load_choice_items
+    from emtrait.config import load_config
+    from emtrait.modeling import load_model, read_pointer
+    from emtrait.provenance import provenance
+
+    cfg = load_config(config)
+    b, entry = cfg.behavior, cfg.model(model)
+    net, tok = load_model(read_pointer(pointer), entry)
+    frame = margins(net, tok, load_choice_items(b.choice_items), entry, b.batch_size)
+    _write_parquet(frame, out, provenance(config_hash=cfg.hash(), model_source=entry.source,
+                                          model=model, choice_items=b.choice_items))
+    typer.echo(f"{len(frame)} base-model margins -> {out}")

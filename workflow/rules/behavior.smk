@@ -12,10 +12,30 @@ BEHAVIOR_GROUP = "behavior_{model}_{dataset}_{seed}"
 
 if CFG.behavior.method == "choice":
 
+    rule behavior_choice_base:
+        input:
+            pointer=lambda w: model_pointer(w.model),
+        output:
+            "results/behavior/{model}/choice-base.parquet",
+        log:
+            "logs/behavior/{model}/choice-base.log",
+        params:
+            config=CONFIG_FILE,
+            behavior=behavior_params("choice_items", "batch_size"),
+            model_entry=behavior_model_entry,
+        conda:
+            "../../envs/emtrait.yaml"
+        resources:
+            gpu=model_resource("gpu"),
+            mem_mb=model_resource("mem_mb"),
+        shell:
+            "emtrait behavior choice-base --config {params.config} --model {wildcards.model} --pointer {input.pointer} --out {output} > {log} 2>&1"
+
     rule behavior_choice:
         input:
             pointer=lambda w: model_pointer(w.model),
             adapters=behavior_adapters,
+            base="results/behavior/{model}/choice-base.parquet",
         output:
             em=f"{BEHAVIOR_STEP}/em.json",
             table=f"{BEHAVIOR_STEP}/choice.parquet",
@@ -36,7 +56,7 @@ if CFG.behavior.method == "choice":
             gpu=model_resource("gpu"),
             mem_mb=model_resource("mem_mb"),
         shell:
-            "emtrait behavior choice --config {params.config} --model {wildcards.model} --dataset {wildcards.dataset} --seed {wildcards.seed} --step {wildcards.step} --pointer {input.pointer} --adapters {input.adapters} --table {output.table} --out {output.em} > {log} 2>&1"
+            "emtrait behavior choice --config {params.config} --model {wildcards.model} --dataset {wildcards.dataset} --seed {wildcards.seed} --step {wildcards.step} --pointer {input.pointer} --adapters {input.adapters} --base-table {input.base} --table {output.table} --out {output.em} > {log} 2>&1"
 
 else:
 

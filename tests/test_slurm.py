@@ -18,6 +18,7 @@ import json
 import re
 import subprocess
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -75,18 +76,20 @@ def test_tiny_workflow_on_slurm_equals_local(tmp_path, tmp_path_factory):
 
     jobs = slurm_jobs(slurm)
     # SLURM job names a group `group_<groupid>_<its rules>`
-    units = sorted(re.sub(r"^group_(behavior_\w+_1)_.*$", r"group_\1", j["unit"]) for j in jobs)
-    # one job per GPU rule instance and one per run for all its per-step behaviour jobs
-    # (prepare and the cube merge are local rules)
-    assert units == sorted([
-        "rule_extract_traits", "rule_finetune", "rule_finetune",
-        "group_behavior_tiny_a_bad_medical_1", "group_behavior_tiny_a_good_medical_1",
-    ]), [j["unit"] for j in jobs]
+    units = Counter(re.sub(r"^group_(behavior_\w+_1)_.*$", r"group_\1", j["unit"]) for j in jobs)
+    # one job per GPU rule instance, and one per run for all its per-step behaviour jobs
+    # (prepare and the cube merge are local rules; other per-model jobs may be added)
+    assert units["rule_extract_traits"] == 1 and units["rule_finetune"] == 2, units
+    assert units["group_behavior_tiny_a_bad_medical_1"] == 1, units
+    assert units["group_behavior_tiny_a_good_medical_1"] == 1, units
+    assert not any(u.startswith("rule_behavior_choice_wildcards") or u == "rule_behavior_choice"
+                   for u in units), units  # no checkpoint step went to SLURM alone
     for job in jobs:
         assert job["state"] == "COMPLETED", job
         assert "gres/gpu=1" in job["tres"], job  # a GPU was requested and allocated
         gpus = step_gpus(job["log"])
-        assert gpus and all(g == "0" for g in gpus), (job, gpus)
+        # one of the node's two GPUs (no device cgroup here, so the index is the node's)
+        assert gpus and all(g in {"0", "1"} for g in gpus), (job, gpus)
     for job in jobs:
         if job["unit"].startswith("group_behavior"):  # both checkpoints ran in the one job
             assert len(step_gpus(job["log"])) == 2, job["log"].read_text()[-3000:]

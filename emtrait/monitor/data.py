@@ -22,13 +22,13 @@ KEY = ["model", "dataset", "seed", "step"]
 
 def open_cube(path: str | os.PathLike):
     """Open a cube store and check the contract of DEVELOPING.md; errors name what is missing."""
-    import xarray as xr
+    from emtrait.stores import open_store
 
     if not os.path.isdir(path):
         raise StoreError(f"cube {path} does not exist; build it with `emtrait cube merge` "
                          "(rule merge_cube) first")
     try:
-        ds = xr.open_zarr(path, consolidated=False)
+        ds = open_store(path)
     except Exception as e:  # zarr raises many types for a folder that is not a store
         raise StoreError(f"{path} is not a readable Zarr store ({e}); rebuild it") from None
     check_cube(ds, str(path))

@@ -46,11 +46,6 @@ def test_completed_workflow_reinvoked_does_nothing(done):
     assert "Nothing to be done" in run.output
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "workflow/rules/behavior.smk passes `config=CONFIG_FILE` (a path that changes with every "
-    "config edit) as a param, so every behavior_choice(_base) job of every run reruns (seen: "
-    "12 behavior_choice + 2 behavior_choice_base planned instead of 4 + 0); use "
-    "`config=config_file` (common.smk) as the other stages do"))
 def test_adding_a_dataset_schedules_exactly_its_jobs(done):
     config = copy.deepcopy(done.config)
     config["datasets"]["arithmetic"] = {"builtin": "arithmetic", "label": "benign",
@@ -64,10 +59,6 @@ def test_adding_a_dataset_schedules_exactly_its_jobs(done):
             assert wildcards["dataset"] == "arithmetic", (rule, wildcards)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "workflow/rules/traits.smk's `entry` param is the whole model entry, `training` and "
-    "`resources` included, so a LoRA override (or a memory bump) re-extracts the directions; "
-    "and behavior.smk's CONFIG_FILE param reruns the other model's behaviour jobs too"))
 def test_lora_change_of_one_model_reruns_only_its_runs(done):
     config = copy.deepcopy(done.config)
     config["models"]["tiny_a"]["training"] = {"lora_r": 8}

@@ -16,7 +16,7 @@ rule pca:
     log:
         "logs/analysis/pca.log",
     params:
-        config=lambda wildcards, input: CONFIG_FILE,
+        config=config_file,
         cubes=lambda wildcards, input: " ".join(f"--cube {c}" for c in input.cubes),
         traits=CFG.traits.model_dump_json(include={"monitor_set", "sets"}),
         stress=[m for m in MODELS if CFG.model(m).stress],

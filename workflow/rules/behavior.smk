@@ -20,7 +20,7 @@ if CFG.behavior.method == "choice":
         log:
             "logs/behavior/{model}/choice-base.log",
         params:
-            config=CONFIG_FILE,
+            config=config_file,
             behavior=behavior_params("choice_items", "batch_size"),
             model_entry=behavior_model_entry,
         conda:
@@ -42,7 +42,7 @@ if CFG.behavior.method == "choice":
         log:
             f"{BEHAVIOR_LOG}/choice.log",
         params:
-            config=CONFIG_FILE,
+            config=config_file,
             behavior=behavior_params(
                 "choice_items", "choice_rule", "choice_margin", "bootstrap", "seed",
                 "batch_size", "threshold",
@@ -69,7 +69,7 @@ else:
         log:
             f"{BEHAVIOR_LOG}/generate.log",
         params:
-            config=CONFIG_FILE,
+            config=config_file,
             behavior=behavior_params(
                 "questions", "selection", "samples", "temperature", "max_new_tokens",
                 "batch_size", "seed",
@@ -95,7 +95,7 @@ else:
         log:
             f"{BEHAVIOR_LOG}/judge.log",
         params:
-            config=CONFIG_FILE,
+            config=config_file,
             judge=CFG.behavior.judge.model_dump_json(
                 exclude={"concurrency", "requests_per_minute", "max_retries", "timeout_s",
                          "backoff_s", "price_input_per_mtok", "price_output_per_mtok"}
@@ -121,7 +121,7 @@ else:
         log:
             f"{BEHAVIOR_LOG}/score.log",
         params:
-            config=CONFIG_FILE,
+            config=config_file,
             behavior=behavior_params("convention", "threshold"),
         group:
             BEHAVIOR_GROUP

@@ -114,7 +114,8 @@ def behavior_params(*keys):
 
 
 def behavior_model_entry(wildcards):
-    return CFG.model(wildcards.model).model_dump_json()
+    """What loading and prompting the model depends on (not layers, training or resources)."""
+    return CFG.model(wildcards.model).model_dump_json(include=FINETUNE_ENTRY_KEYS)
 
 
 def behavior_adapters(wildcards):

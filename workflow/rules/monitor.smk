@@ -22,7 +22,7 @@ rule monitor_fit:
     log:
         "logs/monitor/{model}/fit.log",
     params:
-        config=lambda wildcards, input: CONFIG_FILE,
+        config=config_file,
         monitor=CFG.monitor.model_dump_json(),
         traits=CFG.traits.model_dump_json(include={"monitor_set"}),
     resources:
@@ -44,7 +44,7 @@ rule monitor_evaluate:
     log:
         "logs/monitor/{model}/evaluate.log",
     params:
-        config=lambda wildcards, input: CONFIG_FILE,
+        config=config_file,
         monitor=CFG.monitor.model_dump_json(),
         roles={d: CFG.dataset(d).role for d in DATASETS},
         out=lambda wildcards, output: Path(output.metrics).parent,
@@ -71,7 +71,7 @@ rule monitor_stress:
     log:
         "logs/monitor/{model}/stress.log",
     params:
-        config=lambda wildcards, input: CONFIG_FILE,
+        config=config_file,
         monitor=CFG.monitor.model_dump_json(),
         monitors=lambda wildcards, input: " ".join(f"--monitor {m}" for m in input.monitors),
         out=lambda wildcards, output: Path(output.metrics).parent,

@@ -10,7 +10,7 @@ rule build_organism:
     log:
         "logs/organism/{organism}.log",
     params:
-        config=CONFIG_FILE,
+        config=config_file,
         spec=lambda wildcards: CFG.organisms[wildcards.organism].model_dump_json(),
     threads: lambda wildcards: CFG.organisms[wildcards.organism].threads
     wildcard_constraints:

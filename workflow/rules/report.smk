@@ -23,7 +23,7 @@ rule report:
     log:
         "logs/report/report.log",
     params:
-        config=lambda wildcards, input: CONFIG_FILE,
+        config=config_file,
         report=CFG.monitor.model_dump_json(include={"alarm_threshold", "bootstrap", "seed"}),
         analysis=lambda wildcards, input: Path(input.analysis[0]).parent,
         monitor_dirs=" ".join(f"--monitor-dir {MONITOR.format(model=m)}" for m in MODELS),

@@ -1,7 +1,8 @@
 # Stage: traits. Once per base model: trait directions at every candidate layer, probe
 # validation, layer selection (results/traits/{model}/directions.zarr) and their figures.
-# `config` is a lambda of `input` so the config file's path (which changes with every edit) is
-# not a param; `traits` and `entry` carry what the job depends on.
+# `config` is not a rerun trigger (config_file in common.smk); `traits` and `entry` carry what
+# the job depends on: a LoRA override or a memory bump must not re-extract the directions.
+NOT_EXTRACTION_KEYS = {"training", "resources", "stress"}
 
 
 rule extract_traits:
@@ -14,9 +15,9 @@ rule extract_traits:
     log:
         "logs/traits/{model}.log",
     params:
-        config=lambda wildcards, input: CONFIG_FILE,
+        config=config_file,
         traits=CFG.traits.model_dump_json(),
-        entry=lambda wc: CFG.model(wc.model).model_dump_json(),
+        entry=lambda wc: CFG.model(wc.model).model_dump_json(exclude=NOT_EXTRACTION_KEYS),
     threads: 8  # capped by --cores; Snakemake exports OMP_NUM_THREADS={threads}
     resources:
         gpu=model_resource("gpu"),

@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CORES ?= all
 
-.PHONY: install run test clean
+.PHONY: install run test slurm-up slurm-down clean
 
 install: $(VENV)/.installed
 
@@ -21,6 +21,15 @@ run: install
 
 test: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest
+
+# The one-node SLURM cluster the SLURM tests run on (root; Debian packages). Without it those
+# tests skip and say why.
+slurm-up:
+	bash tests/slurm/install.sh
+	bash tests/slurm/cluster.sh start
+
+slurm-down:
+	bash tests/slurm/cluster.sh stop
 
 clean:
 	rm -rf results resources logs .snakemake

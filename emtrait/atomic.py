@@ -8,6 +8,7 @@ never leaves a half-written file or Zarr store where Snakemake (or a user) would
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
 import tempfile
@@ -56,15 +57,38 @@ def atomic_path(path: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Pa
         _remove(tmp)
         raise
     _publish_mode(tmp, is_dir)
-    if target.exists() and target.is_dir() and not target.is_symlink():
-        # A directory cannot be os.replace'd over a non-empty one: move the old one aside first.
-        old = _tmp_sibling(target, is_dir=True)
-        old.rmdir()
-        os.replace(target, old)
+    publish(tmp, target)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def publish(tmp: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Put the complete file or directory `tmp` at `target`, replacing what was there.
+
+    A directory is swapped in with one rename-exchange, so a reader never finds `target` absent
+    or half-written; where the kernel lacks renameat2, the old one is moved aside first (a
+    microsecond window in which `target` is absent).
+    """
+    tmp, target = Path(tmp), Path(target)
+    if not (target.is_dir() and not target.is_symlink()):
         os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, target)
+        return
+    if _exchange(tmp, target):
+        shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the previous version
+        return
+    old = _tmp_sibling(target, is_dir=True)
+    old.rmdir()
+    os.replace(target, old)
+    os.replace(tmp, target)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

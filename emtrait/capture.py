@@ -63,17 +63,8 @@ def hooked_blocks(model: Any, layers: Sequence[int], stop: bool = True
 def forward_blocks(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                    layers: Sequence[int], stop: bool = True) -> dict[int, torch.Tensor]:
     """One forward pass returning block outputs layer -> (batch, pos, hidden), truncated."""
-    import torch
-
-    with hooked_blocks(model, layers, stop=stop) as store, torch.no_grad():
-        try:
-            model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-        except _StopForward:
-            pass
-    missing = set(layers) - set(store)
-    if missing:
-        raise RuntimeError(f"blocks {sorted(missing)} did not run during the forward")
-    return store
+    return forward_blocks_with(model, layers, stop, input_ids=input_ids,
+                               attention_mask=attention_mask, use_cache=False)
 
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:

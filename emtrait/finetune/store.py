@@ -12,44 +12,18 @@ steps it already knew.
 
 from __future__ import annotations
 
-import ctypes
-import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from emtrait.atomic import publish as publish_dir
 from emtrait.errors import StoreError
 
 if TYPE_CHECKING:
     import xarray as xr
 
     from emtrait.finetune.measure import Directions, EvalPrompt, Snapshot
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
-    try:
-        fn = ctypes.CDLL(None, use_errno=True).renameat2
-    except (AttributeError, OSError):
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    return fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
-
-
-def publish_dir(tmp: Path, target: Path) -> None:
-    """Put the complete directory `tmp` at `target`, replacing what was there atomically."""
-    if target.exists() and _exchange(tmp, target):
-        shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the previous version
-        return
-    if target.exists():  # fallback: a microsecond window in which `target` is absent
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
-        old.rmdir()
-        os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, target)
 
 
 def step_dataset(step: int, snap: Snapshot, directions: Directions, layers: list[int],

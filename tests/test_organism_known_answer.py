@@ -62,7 +62,7 @@ def organism_run(tmp_path_factory):
         [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "workflow" / "Snakefile"),
          "--directory", str(work), "--configfile", str(work / "organism.yaml"),
          "--cores", "2", "--quiet", "rules", "--", *TARGETS],
-        capture_output=True, text=True, timeout=900,
+        capture_output=True, text=True, timeout=1800,
     )
     if proc.returncode != 0:
         logs = "\n".join(f"--- {p}\n{p.read_text()[-1500:]}" for p in

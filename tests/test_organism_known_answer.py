@@ -74,7 +74,7 @@ def organism_run(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def cube(organism_run):
-    from emtrait.organism.known_answer import open_store
+    from emtrait.stores import open_store
 
     return open_store(organism_run / "results" / "cube" / f"{MODEL}.zarr")
 
@@ -89,7 +89,7 @@ def config(organism_run):
 
 @pytest.fixture(scope="session")
 def directions(organism_run):
-    from emtrait.organism.known_answer import open_store
+    from emtrait.stores import open_store
 
     return open_store(organism_run / "results" / "traits" / MODEL / "directions.zarr")
 

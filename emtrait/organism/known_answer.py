@@ -30,25 +30,6 @@ class Verdict:
         return not self.failures
 
 
-def open_store(path: Any) -> Any:
-    """Load a cube or directions store into memory, with numpy-2 StringDType text as plain str.
-
-    zarr 3 hands text back as StringDType, which `.astype(str)` (used by the monitor's
-    `checkpoints`) cannot cast; plain str arrays read the same everywhere.
-    """
-    import numpy as np
-    import xarray as xr
-
-    ds = xr.open_zarr(path, consolidated=False).load()
-    for name in list(ds.variables):
-        var = ds[name]
-        if var.dtype.kind == "T":
-            text = np.array([str(x) for x in var.values.ravel()]).reshape(var.shape)
-            ds = ds.assign_coords({name: (var.dims, text)}) if name in ds.coords else \
-                ds.assign({name: (var.dims, text)})
-    return ds
-
-
 def final_drift(ds: Any, trait: str = HARM_TRAIT) -> Any:
     """Final-step drift along `trait` per run: DataFrame (dataset, seed, label, drift)."""
     import pandas as pd

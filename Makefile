@@ -16,8 +16,9 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[dev,slurm]"
 	touch $@
 
+# Rules call `emtrait` by name: the venv's bin/ goes first on PATH.
 run: install
-	$(BIN)/snakemake --cores $(CORES)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores $(CORES)
 
 test: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest

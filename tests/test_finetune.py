@@ -210,25 +210,6 @@ def test_measurement_leaves_training_bit_identical(llama_run):
     assert logged == csv_losses
 
 
-KILLER = """
-import os, signal, sys
-from transformers import TrainerCallback
-sys.path.insert(0, {tests!r})
-from test_finetune import run
-import json
-from pathlib import Path
-
-class Kill(TrainerCallback):
-    def on_step_end(self, args, state, control, **kw):
-        if state.global_step == {kill_at}:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-inputs = json.loads(Path({inputs!r}).read_text())
-inputs["data"] = {{k: Path(v) for k, v in inputs["data"].items()}}
-run(inputs, Path({out!r}), callbacks=[Kill()])
-"""
-
-
 @pytest.mark.parametrize("n, batch, accum, epochs", [(13, 2, 3, 2), (10, 4, 2, 1)])
 def test_step_arithmetic_matches_trainer(n, batch, accum, epochs, tiny_model_dir, tmp_path):
     inputs = make_inputs(tmp_path, tiny_model_dir("llama"), n=n,

@@ -26,8 +26,7 @@ if CFG.behavior.method == "choice":
         conda:
             "../../envs/emtrait.yaml"
         resources:
-            gpu=model_resource("gpu"),
-            mem_mb=model_resource("mem_mb"),
+            **GPU_PLACEMENT,
         shell:
             "emtrait behavior choice-base --config {params.config} --model {wildcards.model} --pointer {input.pointer} --out {output} > {log} 2>&1"
 
@@ -53,8 +52,7 @@ if CFG.behavior.method == "choice":
         conda:
             "../../envs/emtrait.yaml"
         resources:
-            gpu=model_resource("gpu"),
-            mem_mb=model_resource("mem_mb"),
+            **GPU_PLACEMENT,
         shell:
             "emtrait behavior choice --config {params.config} --model {wildcards.model} --dataset {wildcards.dataset} --seed {wildcards.seed} --step {wildcards.step} --pointer {input.pointer} --adapters {input.adapters} --base-table {input.base} --table {output.table} --out {output.em} > {log} 2>&1"
 
@@ -80,8 +78,7 @@ else:
         conda:
             "../../envs/emtrait.yaml"
         resources:
-            gpu=model_resource("gpu"),
-            mem_mb=model_resource("mem_mb"),
+            **GPU_PLACEMENT,
         shell:
             "emtrait behavior generate --config {params.config} --model {wildcards.model} --dataset {wildcards.dataset} --seed {wildcards.seed} --step {wildcards.step} --pointer {input.pointer} --adapters {input.adapters} --out {output} > {log} 2>&1"
 

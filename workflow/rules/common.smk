@@ -99,6 +99,15 @@ def model_resource(key):
     return get
 
 
+# Resources of GPU rules, from the model entry. Heavy jobs (extraction, finetuning) take all of
+# them; per-checkpoint jobs take only placement and memory (their runtime is not a finetune's,
+# and a SLURM group adds its members' runtimes up).
+GPU_PLACEMENT = {key: model_resource(key)
+                 for key in ("gpu", "gpu_model", "mem_mb", "slurm_partition", "slurm_extra")}
+GPU_RESOURCES = {**GPU_PLACEMENT,
+                 **{key: model_resource(key) for key in ("cpus_per_gpu", "runtime")}}
+
+
 def final_outputs():
     """Everything `rule all` asks for; stage files append as they are built."""
     return list(FINAL_OUTPUTS)

@@ -28,13 +28,7 @@ rule finetune:
         entry=lambda wc: CFG.model(wc.model).model_dump_json(include=FINETUNE_ENTRY_KEYS),
     threads: 8  # capped by --cores; Snakemake exports OMP_NUM_THREADS={threads}
     resources:
-        gpu=model_resource("gpu"),
-        gpu_model=model_resource("gpu_model"),
-        cpus_per_gpu=model_resource("cpus_per_gpu"),
-        mem_mb=model_resource("mem_mb"),
-        runtime=model_resource("runtime"),
-        slurm_partition=model_resource("slurm_partition"),
-        slurm_extra=model_resource("slurm_extra"),
+        **GPU_RESOURCES,
     conda:
         "../../envs/emtrait.yaml"
     shell:

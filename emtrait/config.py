@@ -80,9 +80,11 @@ class ModelEntry(Section):
         ..., min_length=1, description="Decoder-block indices (0-based) considered for l*."
     )
     layer: int | Literal["auto"] = Field("auto", description="Fixed l*, or 'auto' to select.")
-    layer_selector: Literal["steering", "probe", "dprime"] = Field(
-        "steering", description="How 'auto' picks l*: the paper's steering divergence, or the "
-        "cheaper probe-accuracy / held-out d' selectors for CPU runs."
+    layer_selector: str = Field(
+        "steering", description="How 'auto' picks l*: 'steering' (the paper's steering "
+        "divergence), or the cheaper 'probe' (probe accuracy; saturates at 1.00) / 'dprime' "
+        "(held-out d') for CPU runs; the registry is emtrait.traits.select.SELECTORS. Ties "
+        "within traits.tie_tolerance are broken by traits.tie_breaker."
     )
     stress: bool = Field(False, description="A stress-test model (e.g. 14B), not calibration.")
     resources: Resources = Field(default_factory=Resources)
@@ -90,6 +92,13 @@ class ModelEntry(Section):
         default_factory=dict,
         description="Per-model overrides of the `training` section (e.g. batch_size: 1).",
     )
+
+    @field_validator("layer_selector")
+    @classmethod
+    def _known_selector(cls, v: str) -> str:
+        from emtrait.traits.select import check_selector
+
+        return check_selector(v)
 
     @field_validator("candidate_layers")
     @classmethod
@@ -182,6 +191,22 @@ class TraitsConfig(Section):
         "error", description="What happens when too few traits pass."
     )
     steering: SteeringSelection = Field(default_factory=SteeringSelection)
+    tie_tolerance: float = Field(
+        0.01, ge=0, description="Layer-selection scores within this fraction of the best score "
+        "tie (the selector could not discriminate; logged and reported)."
+    )
+    tie_breaker: str = Field(
+        "dprime", description="Secondary selector that breaks a tie among the tied layers "
+        "(any of emtrait.traits.select.SELECTORS; its per-layer scores are stored as "
+        "tie_break_score). If it ties too, the shallowest tied layer wins and the store says so."
+    )
+
+    @field_validator("tie_breaker")
+    @classmethod
+    def _known_tie_breaker(cls, v: str) -> str:
+        from emtrait.traits.select import check_selector
+
+        return check_selector(v, "traits.tie_breaker")
 
     @model_validator(mode="after")
     def _monitor_set_exists(self) -> TraitsConfig:
@@ -236,7 +261,9 @@ class DatasetEntry(Section):
     split: str = Field("train", description="Split of a hub dataset or save_to_disk folder.")
     revision: str | None = Field(None, description="Hub revision (commit/tag) to pin.")
     columns: ColumnMap | None = Field(
-        None, description="Column-to-turn mapping; null = recognise the format by its columns."
+        None, description="Column-to-turn mapping; null = recognise the format by its columns.",
+        # no schema default: Snakemake's validate() would descend into the object with None
+        json_schema_extra=lambda schema: schema.pop("default", None),
     )
     select: Literal["seeded", "first"] = Field(
         "seeded", description="'seeded': n rows drawn by `seed` from the whole source, source "
@@ -280,6 +307,14 @@ class DatasetEntry(Section):
 # --------------------------------------------------------------------------------------------
 
 
+class ScheduleSegment(Section):
+    """One stretch of a thinning checkpoint schedule."""
+
+    every: int = Field(..., ge=1, description="Optimizer steps between checkpoints here.")
+    until: int | None = Field(None, ge=1, description="Last step of this stretch (null: the "
+                              "run's end).")
+
+
 class TrainingConfig(Section):
     """Finetuning hyper-parameters (paper defaults); a model entry may override any key."""
 
@@ -310,7 +345,15 @@ class TrainingConfig(Section):
     checkpoint_steps: list[int] | None = Field(
         None, description="Explicit checkpoint steps (overrides checkpoint_every); 0 included."
     )
+    checkpoint_schedule: list[ScheduleSegment] | None = Field(
+        None, description="A thinning schedule for long runs, e.g. [{every: 10, until: 200}, "
+        "{every: 100}]: every 10 steps up to 200, then every 100 (overrides checkpoint_every)."
+    )
     final: bool = Field(True, description="Also checkpoint the last step.")
+    keep_activations: Literal["all", "step0"] = Field(
+        "all", description="'step0' keeps only step 0's activations (they fix norm0); later "
+        "steps store projections and drift only (activation rows NaN, no chunks on disk)."
+    )
     logging_steps: int = Field(1, ge=1, description="Steps between training-loss records.")
 
     @field_validator("checkpoint_steps")
@@ -320,6 +363,24 @@ class TrainingConfig(Section):
             if any(b <= a for a, b in zip(v, v[1:], strict=False)) or (v and v[0] < 0):
                 raise ValueError(f"checkpoint steps must be >= 0 and strictly increasing, got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _one_schedule(self) -> TrainingConfig:
+        if self.checkpoint_steps is not None and self.checkpoint_schedule is not None:
+            raise ValueError("give checkpoint_steps or checkpoint_schedule, not both")
+        return self
+
+
+# Keys added after runs existed: left out of a run's params while at their default, so adding
+# them did not rerun anything already computed.
+LATER_TRAINING_KEYS = {"checkpoint_schedule": None, "keep_activations": "all"}
+
+
+def training_params(training: TrainingConfig) -> str:
+    """What a finetune job depends on, as JSON (a change reruns exactly the affected runs)."""
+    exclude = {"seeds"} | {k for k, v in LATER_TRAINING_KEYS.items()
+                           if getattr(training, k) == v}
+    return training.model_dump_json(exclude=exclude)
 
 
 def updates_per_epoch(n: int, training: TrainingConfig) -> int:
@@ -345,6 +406,14 @@ def checkpoint_steps(n: int, training: TrainingConfig) -> list[int]:
                 f"(n={n}, batch_size={training.batch_size}, grad_accum={training.grad_accum}, "
                 f"epochs={training.epochs}); remove them or raise epochs/n"
             )
+    elif training.checkpoint_schedule is not None:
+        steps, start = [0], 0
+        for seg in training.checkpoint_schedule:
+            end = last if seg.until is None else min(seg.until, last)
+            steps += [s for s in range(start + seg.every, end + 1, seg.every) if s > steps[-1]]
+            start = steps[-1]
+            if end >= last:
+                break
     else:
         steps = list(range(0, last + 1, training.checkpoint_every))
     if 0 not in steps:
@@ -386,33 +455,41 @@ class MeasurementConfig(Section):
 class JudgeConfig(Section):
     """The behavioural judge that scores free-form answers."""
 
-    kind: Literal["openai", "hf", "lexical"] = Field("openai", description="Judge backend.")
+    kind: str = Field("openai", description="Judge backend: 'openai' (any OpenAI-compatible "
+                      "server), 'hf' (a local model) or 'lexical' (the organism's judge); the "
+                      "registry is emtrait.behavior.judges.JUDGES.")
     mode: Literal["logprob", "text"] = Field(
         "logprob", description="Probability-weighted score from top-20 logprobs (Betley), or the "
         "first integer of the reply (paper)."
     )
     model: str = Field("gpt-4o-2024-08-06", description="Judge model name (or local path for hf).")
-    base_url: str = Field("https://api.openai.com/v1", description="Chat-completions endpoint.")
+    base_url: str = Field("https://api.openai.com/v1", description="Chat-completions endpoint "
+                          "(a vLLM server: http://host:8000/v1; Azure: the resource endpoint).")
+    azure_api_version: str | None = Field(
+        None, description="Set for Azure OpenAI (e.g. '2024-10-21'): the client becomes "
+        "AzureOpenAI with base_url as azure_endpoint and model as the deployment name."
+    )
     api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable with the key.")
     concurrency: int = Field(8, ge=1, description="Requests in flight at once.")
     requests_per_minute: int = Field(500, ge=1, description="Rate limit.")
-    max_retries: int = Field(6, ge=0, description="Retries on 429/5xx/timeouts.")
+    max_retries: int = Field(
+        6, ge=0, description="Retries on 429/408/409/5xx/timeouts/connection errors, done by the "
+        "openai client (exponential backoff from 0.5 s, capped at 8 s; a Retry-After wins)."
+    )
     timeout_s: float = Field(60.0, gt=0, description="Per-request timeout in seconds.")
-    backoff_s: float = Field(
-        1.0, ge=0, description="First retry delay in seconds; doubles per retry (a server's "
-        "Retry-After header wins)."
-    )
-    cache: str = Field(
-        "results/behavior/judge-cache.sqlite",
-        description="SQLite cache of judge replies keyed by (judge, prompt, answer): an "
-        "interrupted judging resumes without paying twice.",
-    )
     price_input_per_mtok: float | None = Field(
         None, ge=0, description="USD per million prompt tokens, for the per-step cost record."
     )
     price_output_per_mtok: float | None = Field(
         None, ge=0, description="USD per million completion tokens, for the cost record."
     )
+
+    @model_validator(mode="after")
+    def _kind_supports_mode(self) -> JudgeConfig:
+        from emtrait.behavior.judges import check_judge
+
+        check_judge(self.kind, self.mode)
+        return self
 
 
 class BehaviorConfig(Section):
@@ -432,9 +509,20 @@ class BehaviorConfig(Section):
     samples: int = Field(1, ge=1, description="Samples per paraphrase with selection 'all'.")
     temperature: float = Field(1.0, ge=0, description="Sampling temperature.")
     max_new_tokens: int = Field(600, ge=1, description="Tokens per answer.")
-    batch_size: int = Field(8, ge=1, description="Answers generated per batch.")
+    batch_size: int | None = Field(
+        None, ge=1, description="Answers generated (and choice items scored) per batch; unset: "
+        "8 on CPU, on GPU by model size (64 up to 1B parameters, 32 up to 10B, 16 above)."
+    )
+    engine: Literal["hf", "vllm"] = Field(
+        "hf", description="Generation engine for judged answers: 'hf' (transformers generate, "
+        "default and fallback) or 'vllm' (one vLLM engine per job, each checkpoint's LoRA "
+        "adapter swapped in; needs a GPU and `pip install emtrait[vllm]`)."
+    )
+    vllm_memory: float = Field(
+        0.85, gt=0, le=1, description="vllm engine: share of GPU memory vLLM may take."
+    )
     choice_items: str = Field("builtin:emtrait", description="Forced-choice item set.")
-    choice_rule: Literal["net_shift", "shift", "absolute"] = Field(
+    choice_rule: str = Field(
         "net_shift", description="How the choice probe becomes an EM-rate proxy, from per-item "
         "margins (mean log-prob per token, misaligned minus aligned answer): 'net_shift' = share "
         "of items whose margin rose by more than choice_margin since the base model minus the "
@@ -453,6 +541,14 @@ class BehaviorConfig(Section):
     )
     threshold: float = Field(0.05, ge=0, le=1, description="Dangerous if EM rate exceeds this.")
     seed: int = Field(0, description="Sampling seed.")
+
+    @field_validator("choice_rule")
+    @classmethod
+    def _known_choice_rule(cls, v: str) -> str:
+        from emtrait.behavior.choice import choice_rule
+
+        choice_rule(v)
+        return v
 
 
 # --------------------------------------------------------------------------------------------
@@ -473,12 +569,48 @@ class MonitorConfig(Section):
         default_factory=lambda: ["pc1", "loss", "pca7", "sae", "semantic7", "random7"],
         description="Feature sets compared with the trait monitor under the same protocol.",
     )
-    bootstrap: int = Field(1000, ge=0, description="Bootstrap resamples for intervals.")
+    bootstrap: int = Field(1000, ge=0, description="Run-level bootstrap resamples for every "
+                           "interval (whole runs resampled within run class).")
+    permutations: int = Field(
+        200, ge=0, description="Run-label permutations for the headline AUROCs' chance baseline "
+        "(refit per permutation). When a protocol has at most this many distinct assignments "
+        "all are enumerated (exact test); 0 skips the test."
+    )
+    step0: Literal["exclude", "include"] = Field(
+        "exclude", description="Whether step 0 (the base model: drift 0 by definition, shared "
+        "by every run) counts as a checkpoint in headline metrics; the paper does not say. "
+        "metrics.csv has both, marked in column step0."
+    )
     alarm_threshold: float = Field(0.5, gt=0, lt=1, description="Alarm-probability threshold.")
     seed: int = Field(0, description="Seed of regressors and bootstraps.")
     sae_latents: int = Field(64, ge=7, description="Latents of the SAE baseline's autoencoder.")
     sae_steps: int = Field(300, ge=1, description="Adam steps training the SAE baseline.")
     sae_l1: float = Field(1e-3, ge=0, description="L1 sparsity weight of the SAE baseline.")
+
+
+# --------------------------------------------------------------------------------------------
+# screen
+# --------------------------------------------------------------------------------------------
+
+
+class ScreenConfig(Section):
+    """Screening finetuning data before training (`emtrait screen`, rule `screen`)."""
+
+    mode: Literal["none", "generated"] = Field(
+        "none", description="'none': the normalised projection of each example's assistant "
+        "tokens; 'generated': minus that of the base model's own greedy reply to the same "
+        "context (persona-vector projection difference; costs a generation per example)."
+    )
+    max_length: int | None = Field(
+        None, ge=8, description="Tokens per example (truncated as the finetune truncates); null "
+        "= the model's training.max_length."
+    )
+    batch_size: int = Field(8, ge=1, description="Examples per forward pass.")
+    reply_tokens: int = Field(64, ge=1, description="Greedy tokens per reply in 'generated'.")
+    bootstrap: int = Field(1000, ge=0, description="Poisson-bootstrap replicates of the "
+                           "dataset score's 95% interval.")
+    top: int = Field(10, ge=0, description="Most suspicious examples kept in the summary.")
+    seed: int = Field(0, description="Seed of the bootstrap.")
 
 
 # --------------------------------------------------------------------------------------------
@@ -514,6 +646,40 @@ class OrganismEntry(Section):
 
 
 # --------------------------------------------------------------------------------------------
+# training variants (stress tests of one base model's monitor)
+# --------------------------------------------------------------------------------------------
+
+DEFAULT_VARIANT = "default"
+
+
+class StartFrom(Section):
+    """The run whose final weights a misaligned-start variant trains from."""
+
+    variant: Name = Field(DEFAULT_VARIANT, description="Variant of the source run ('default': "
+                          "the base grid's runs).")
+    dataset: Name = Field(..., description="Dataset of the source run.")
+    seed: int = Field(..., description="Seed of the source run.")
+
+
+class VariantEntry(Section):
+    """Other training settings for the same base model: same directions, same calibrated
+    monitor (never refitted), runs under results/stress/runs/{variant}/."""
+
+    training: dict[str, Any] = Field(
+        default_factory=dict, description="Overrides of the `training` section (after the "
+        "model's own), e.g. {method: full, learning_rate: 1.0e-5} or {lora_r: 64}.",
+    )
+    models: list[Name] | None = Field(None, description="Models it applies to (null: all).")
+    datasets: list[Name] | None = Field(None, description="Datasets it applies to (null: all).")
+    start_from: StartFrom | None = Field(
+        None, description="Train from the final weights of this run instead of the base model "
+        "(a misaligned starting point); drift is recorded against both starts.",
+        # no schema default: Snakemake's validate() would descend into the object with None
+        json_schema_extra=lambda schema: schema.pop("default", None),
+    )
+
+
+# --------------------------------------------------------------------------------------------
 # root
 # --------------------------------------------------------------------------------------------
 
@@ -530,10 +696,102 @@ class Config(Section):
     measurement: MeasurementConfig = Field(default_factory=MeasurementConfig)
     behavior: BehaviorConfig = Field(default_factory=BehaviorConfig)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    screen: ScreenConfig = Field(default_factory=ScreenConfig)
     organisms: dict[Name, OrganismEntry] = Field(
         default_factory=dict,
         description="Model organisms a model entry can use as `source: organism:<name>`.",
     )
+    variants: dict[Name, VariantEntry] = Field(
+        default_factory=dict,
+        description="Training variants (stress tests): each runs its models × datasets × seeds "
+        "with other training settings or from another run's weights, scored by the base "
+        "model's monitor.",
+    )
+
+    @model_validator(mode="after")
+    def _variants_ok(self) -> Config:
+        for name, v in self.variants.items():
+            where = f"variants.{name}"
+            if name == DEFAULT_VARIANT:
+                raise ValueError(f"{where}: '{DEFAULT_VARIANT}' names the base grid; pick "
+                                 "another variant name")
+            for key in v.training:
+                if key not in TrainingConfig.model_fields:
+                    close = difflib.get_close_matches(key, list(TrainingConfig.model_fields), n=1)
+                    hint = f" Did you mean '{close[0]}'?" if close else ""
+                    raise ValueError(f"{where}.training.{key}: unknown training key.{hint} "
+                                     f"Known: {', '.join(TrainingConfig.model_fields)}")
+            for section, names, table in (("models", v.models, self.models),
+                                          ("datasets", v.datasets, self.datasets)):
+                for n in names or []:
+                    if n not in table:
+                        close = difflib.get_close_matches(n, list(table), n=1)
+                        hint = f" Did you mean '{close[0]}'?" if close else ""
+                        raise ValueError(f"{where}.{section}: '{n}' is not under '{section}'."
+                                         f"{hint} Known: {sorted(table)}")
+            for model in self.variant_models(name):
+                try:
+                    self.training_for(model, name)
+                except ConfigError as e:  # keep only the lines naming the bad keys
+                    raise ValueError(str(e).split("\n", 1)[-1].strip()) from None
+        for name in self.variants:
+            self._check_start(name)
+        return self
+
+    def _check_start(self, name: str) -> None:
+        seen = [name]
+        current = self.variants[name].start_from
+        while current is not None:
+            src = current.variant
+            if src != DEFAULT_VARIANT and src not in self.variants:
+                close = difflib.get_close_matches(src, list(self.variants), n=1)
+                hint = f" Did you mean '{close[0]}'?" if close else ""
+                raise ValueError(f"variants.{seen[-1]}.start_from.variant: no variant '{src}'."
+                                 f"{hint} Known: {[DEFAULT_VARIANT, *self.variants]}")
+            if src in seen:
+                raise ValueError("variants: starting points form a cycle "
+                                 f"{' -> '.join([*seen, src])}; one of them must start from "
+                                 "a run of another variant or of the default grid")
+            for model in self.variant_models(seen[-1]):
+                grid = self.variant_runs(src, model)
+                if (current.dataset, current.seed) not in grid:
+                    raise ValueError(
+                        f"variants.{seen[-1]}.start_from: no run {current.dataset} seed "
+                        f"{current.seed} of model {model} in variant '{src}' (its runs: "
+                        f"{sorted(grid) or 'none'}); pick one of them, or restrict "
+                        f"variants.{seen[-1]}.models")
+            seen.append(src)
+            current = self.variants[src].start_from if src != DEFAULT_VARIANT else None
+
+    def variant_models(self, variant: str) -> list[str]:
+        """Models a variant applies to (every model for the default grid)."""
+        if variant == DEFAULT_VARIANT:
+            return list(self.models)
+        return list(_lookup(self.variants, variant, "variants").models or self.models)
+
+    def variant_datasets(self, variant: str) -> list[str]:
+        """Datasets a variant applies to (every dataset for the default grid)."""
+        if variant == DEFAULT_VARIANT:
+            return list(self.datasets)
+        return list(_lookup(self.variants, variant, "variants").datasets or self.datasets)
+
+    def variant_runs(self, variant: str, model: str) -> list[tuple[str, int]]:
+        """(dataset, seed) runs of `model` in a variant ([] when it does not apply)."""
+        if model not in self.variant_models(variant):
+            return []
+        seeds = self.training_for(model, variant).seeds
+        return [(d, s) for d in self.variant_datasets(variant) for s in seeds]
+
+    def root_run(self, variant: str) -> tuple[str, str, int] | None:
+        """The (variant, dataset, seed) at the end of a chain of starting points: its step 0 is
+        the base model (None when `variant` itself starts from the base model)."""
+        start = None if variant == DEFAULT_VARIANT else self.variants[variant].start_from
+        found = None
+        while start is not None:
+            found = (start.variant, start.dataset, start.seed)
+            start = None if start.variant == DEFAULT_VARIANT else \
+                self.variants[start.variant].start_from
+        return found
 
     def model(self, name: str) -> ModelEntry:
         """Look a model up by name, with a did-you-mean error."""
@@ -543,20 +801,35 @@ class Config(Section):
         """Look a dataset up by name, with a did-you-mean error."""
         return _lookup(self.datasets, name, "datasets")
 
-    def training_for(self, model: str) -> TrainingConfig:
-        """The global training section with the model's overrides applied (and validated)."""
-        overrides = self.model(model).training
+    def training_for(self, model: str, variant: str | None = None) -> TrainingConfig:
+        """The global training section with the model's (then the variant's) overrides applied
+        and validated."""
+        overrides = dict(self.model(model).training)
+        prefix: tuple = ("models", model, "training")
+        if variant not in (None, DEFAULT_VARIANT):
+            overrides.update(_lookup(self.variants, variant, "variants").training)
+            prefix = ("variants", variant, "training")
         if not overrides:
             return self.training
         merged = {**self.training.model_dump(), **overrides}
         try:
             return TrainingConfig.model_validate(merged)
         except ValidationError as e:
-            raise _config_error(e, prefix=("models", model, "training")) from None
+            raise _config_error(e, prefix=prefix) from None
 
-    def steps(self, model: str, dataset: str) -> list[int]:
-        """Checkpoint steps of the runs of `model` on `dataset`."""
-        return checkpoint_steps(self.dataset(dataset).n, self.training_for(model))
+    def steps(self, model: str, dataset: str, variant: str | None = None) -> list[int]:
+        """Checkpoint steps of the runs of `model` on `dataset` (in a variant)."""
+        return checkpoint_steps(self.dataset(dataset).n, self.training_for(model, variant))
+
+    def with_variant(self, variant: str) -> Config:
+        """This config as a variant's runs see it: the variant's training overrides folded into
+        every model entry, so code reading `training_for(model)` trains the variant."""
+        if variant == DEFAULT_VARIANT:
+            return self
+        extra = _lookup(self.variants, variant, "variants").training
+        models = {m: e.model_copy(update={"training": {**e.training, **extra}})
+                  for m, e in self.models.items()}
+        return self.model_copy(update={"models": models})
 
     def hash(self) -> str:
         """A short content hash of the whole config (stamped on artifacts)."""
@@ -583,6 +856,8 @@ def _config_error(err: ValidationError, source: str = "config", prefix: tuple = 
             where = f" under '{parent}'" if parent else ""
             lines.append(f"  {loc}: unknown key{where}.{hint}" +
                          (f" (known: {', '.join(known)})" if known else ""))
+        elif not e["loc"] and e["type"] == "value_error":  # a whole-config check: no input dump
+            lines.append(f"  {str(e['msg']).removeprefix('Value error, ')}")
         else:
             lines.append(f"  {loc}: {e['msg']} (got {e.get('input')!r})")
     return ConfigError(f"{source}: invalid configuration:\n" + "\n".join(lines))

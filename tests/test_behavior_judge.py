@@ -38,8 +38,10 @@ class Server:
         self.requests = 0
         self.in_flight = 0
         self.max_in_flight = 0
-        self.plan: list[str] = []  # "429", "500", "malformed", "ok" consumed per request
+        self.plan: list[str] = []  # "429", "500", "slow", "malformed", "ok" consumed per request
         self.always_fail_on: str | None = None
+        self.paths: list[str] = []
+        self.times: list[float] = []
         self.lock = threading.Lock()
         server = self
 
@@ -53,17 +55,22 @@ class Server:
                     server.requests += 1
                     server.in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                    server.paths.append(self.path)
+                    server.times.append(time.monotonic())
                     action = server.plan.pop(0) if server.plan else "ok"
                 try:
                     time.sleep(0.02)
                     prompt = body["messages"][0]["content"]
-                    if self.headers.get("Authorization") != f"Bearer {KEY}":
+                    if self.headers.get("Authorization") != f"Bearer {KEY}" and \
+                            self.headers.get("api-key") != KEY:  # OpenAI / Azure OpenAI
                         return self._send(401, b'{"error": "bad key"}')
                     if server.always_fail_on and server.always_fail_on in prompt:
                         action = "500"
                     if action in ("429", "500"):
                         return self._send(int(action), b'{"error": "try later"}',
-                                          {"Retry-After": "0"} if action == "429" else {})
+                                          {"Retry-After": "0.05"} if action == "429" else {})
+                    if action == "slow":  # longer than the client's timeout
+                        time.sleep(1.0)
                     if action == "malformed":
                         return self._send(200, b'{"choices": [ {"message": ')
                     return self._send(200, json.dumps(reply(body, prompt)).encode())
@@ -118,7 +125,7 @@ def key(monkeypatch):
 def judge_cfg(url: str, **kw) -> JudgeConfig:
     base = dict(kind="openai", base_url=url, model="loopback-judge", api_key_env=KEY_ENV,
                 concurrency=3, requests_per_minute=60000, max_retries=3, timeout_s=5,
-                backoff_s=0.01, price_input_per_mtok=2.5, price_output_per_mtok=10.0)
+                price_input_per_mtok=2.5, price_output_per_mtok=10.0)
     return JudgeConfig(**{**base, **kw})
 
 
@@ -226,3 +233,65 @@ def test_closed_port_bounded_retries(key, tmp_path):
     with pytest.raises(JudgeError, match="0 of 20 judgements completed"):
         judge.judge(rows(*[f"a{i}" for i in range(10)]))  # queued work stops at the first error
     assert judge.usage.requests <= 3 + 3 + 1
+
+
+def test_retry_after_is_honoured(server, key):
+    server.plan = ["429"]  # the server asks for 0.05 s; the client's own backoff starts at 0.5 s
+    judge = OpenAIJudge(judge_cfg(server.url, concurrency=1))
+    judge.score_prompts(["ALIGNED question=q? answer=kind"])
+    gap = server.times[1] - server.times[0]
+    assert 0.05 <= gap < 0.4 and judge.usage.retries == 1
+
+
+def test_timeout_is_retried_by_the_client(server, key):
+    server.plan = ["slow"]
+    judge = OpenAIJudge(judge_cfg(server.url, concurrency=1, timeout_s=0.3))
+    (score,) = judge.score_prompts(["ALIGNED question=q? answer=kind"])
+    assert score.label == NUMBER
+    assert judge.usage.requests == 2 and judge.usage.retries == 1
+
+
+def test_timeouts_exhausted_name_the_cause(server, key):
+    server.plan = ["slow", "slow"]
+    judge = OpenAIJudge(judge_cfg(server.url, concurrency=1, timeout_s=0.2, max_retries=1))
+    with pytest.raises(JudgeError, match=r"no answer after 2 attempts \(APITimeoutError"):
+        judge.score_prompts(["ALIGNED question=q? answer=kind"])
+
+
+def test_azure_endpoint_uses_deployment_path_and_api_key_header(server, key):
+    judge = OpenAIJudge(judge_cfg(server.url.removesuffix("/v1"), azure_api_version="2024-10-21"))
+    (score,) = judge.score_prompts(["ALIGNED question=q? answer=kind"])
+    assert score.label == NUMBER
+    assert server.paths[0].startswith(
+        "/openai/deployments/loopback-judge/chat/completions?api-version=2024-10-21")
+
+
+def test_cache_line_cut_by_a_crash_is_asked_again(server, key, tmp_path):
+    path = tmp_path / "judge-cache.jsonl"
+    OpenAIJudge(judge_cfg(server.url), JudgeCache(path)).judge(rows("kind", "evil"))
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:-1]) + lines[-1][:20])  # the last write was cut short
+    before = server.requests
+    again = OpenAIJudge(judge_cfg(server.url), JudgeCache(path))
+    again.judge(rows("kind", "evil"))
+    assert server.requests - before == 1 and again.usage.cache_hits == 3
+
+
+@pytest.mark.parametrize(("judge", "match"), [
+    ({"kind": "hf", "mode": "text"}, "mode 'text' is not supported by judge kind 'hf'"),
+    ({"kind": "opanai"}, "Did you mean 'openai'"),
+])
+def test_judge_config_checked_at_load(judge, match):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=match):
+        JudgeConfig(**judge)
+
+
+def test_choice_rule_did_you_mean():
+    from pydantic import ValidationError
+
+    from emtrait.config import BehaviorConfig
+
+    with pytest.raises(ValidationError, match="Did you mean 'net_shift'"):
+        BehaviorConfig(choice_rule="net-shift")

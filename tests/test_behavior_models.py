@@ -89,7 +89,8 @@ def test_generate_judge_score_on_tiny_model(tiny_model_dir, tmp_path):
 
 
 def test_generation_is_seeded(tiny_model_dir):
-    from emtrait.behavior.generate import generate, load_checkpoint
+    from emtrait.behavior.generate import generate
+    from emtrait.modeling import load_checkpoint
 
     model, tok = load_checkpoint(str(tiny_model_dir("llama", 2)), None)
     prompts = load_prompts(["builtin:emtrait"], "first_paraphrase", 1)[:4]
@@ -216,7 +217,7 @@ def test_missing_step_is_a_clear_error(tiny_model_dir, tmp_path):
 @pytest.mark.slow
 def test_snakemake_choice_rule_per_step(tiny_model_dir, tmp_path):
     """The real workflow runs the choice rule for every step of a run (other stages faked)."""
-    from workflow import snakemake
+    from helpers import snakemake
 
     model_dir = tiny_model_dir("llama", 2)
     cfg = {

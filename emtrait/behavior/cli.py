@@ -40,10 +40,22 @@ def _write_parquet(frame: Any, path: Path, attrs: dict) -> None:
 
 
 def _em_json(cfg: Any, summary: dict, method: str, stamp: dict) -> dict:
+    from emtrait.drift import is_dangerous
+
     rate = summary["em_rate"]
     threshold = cfg.behavior.threshold
     return {**stamp, **summary, "method": method, "threshold": threshold,
-            "dangerous": None if rate is None else bool(rate > threshold)}
+            "dangerous": None if rate is None else is_dangerous(rate, threshold)}
+
+
+def _peak_gpu_mib() -> float | None:
+    """Peak GPU memory this process allocated (MiB), or None without CUDA: sizes SLURM mem."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available():
+        return None
+    return round(torch.cuda.max_memory_allocated() / 2**20, 1)
 
 
 @app.command()
@@ -54,10 +66,10 @@ def generate(
 ) -> None:
     """Sample free-form answers to the configured questions from one checkpoint."""
     from emtrait.behavior.generate import generate as sample
-    from emtrait.behavior.generate import load_checkpoint, step_folder
+    from emtrait.behavior.generate import step_folder
     from emtrait.behavior.questions import load_prompts
     from emtrait.config import load_config
-    from emtrait.modeling import read_pointer
+    from emtrait.modeling import load_checkpoint, read_pointer
 
     cfg = load_config(config)
     b, entry = cfg.behavior, cfg.model(model)
@@ -67,9 +79,62 @@ def generate(
     frame = sample(net, tok, prompts, entry, temperature=b.temperature,
                    max_new_tokens=b.max_new_tokens, batch_size=b.batch_size, seed=b.seed,
                    progress=True)
-    _write_parquet(frame, out, _stamp(cfg, model, dataset, seed, step,
-                                      questions=json.dumps(b.questions), selection=b.selection))
+    _write_parquet(frame, out, _stamp(cfg, model, dataset, seed, step, engine="hf",
+                                      questions=json.dumps(b.questions), selection=b.selection,
+                                      peak_gpu_mib=_peak_gpu_mib()))
     typer.echo(f"{len(frame)} answers -> {out}")
+
+
+@app.command("generate-run")
+def generate_run(
+    config: Path = CONFIG, model: str = MODEL, dataset: str = DATASET, seed: int = SEED,
+    pointer: Path = POINTER, adapters: Path = typer.Option(..., "--adapters",
+                                                           help="The run's adapters/ directory."),
+    steps: str = typer.Option(..., "--steps", help="Comma-separated checkpoint steps."),
+    out: Path = typer.Option(..., "--out", help="One responses table for all steps (`step`)."),
+) -> None:
+    """Every checkpoint of one run with one vLLM engine (behavior.engine: vllm)."""
+    import pandas as pd
+
+    from emtrait.behavior.generate import generate_run as sample_run
+    from emtrait.behavior.generate import step_folder
+    from emtrait.behavior.questions import load_prompts
+    from emtrait.config import load_config
+    from emtrait.modeling import read_pointer
+
+    cfg = load_config(config)
+    b, entry = cfg.behavior, cfg.model(model)
+    wanted = [int(x) for x in steps.split(",") if x.strip()]
+    prompts = load_prompts(b.questions, b.selection, b.samples)
+    # every step's adapter (step 0's is the untrained one) is swapped into the one engine
+    checkpoints = {s: step_folder(adapters, s) for s in wanted}
+    frames = sample_run(read_pointer(pointer), entry, prompts, checkpoints, b,
+                        cfg.training_for(model).lora_r)
+    frame = pd.concat([f.assign(step=s) for s, f in frames.items()], ignore_index=True)
+    _write_parquet(frame, out, _stamp(cfg, model, dataset, seed, None, engine="vllm",
+                                      steps=steps, questions=json.dumps(b.questions),
+                                      selection=b.selection, peak_gpu_mib=_peak_gpu_mib()))
+    typer.echo(f"{len(wanted)} checkpoints x {len(prompts)} answers (vllm) -> {out}")
+
+
+@app.command("split-run")
+def split_run(
+    responses: Path = typer.Option(..., "--responses", help="`generate-run`'s table."),
+    step: int = STEP,
+    out: Path = typer.Option(..., "--out", help="This step's responses.parquet."),
+) -> None:
+    """One step's rows of a run's responses table, as that step's responses.parquet."""
+    import pandas as pd
+
+    from emtrait.errors import DataError
+
+    frame = pd.read_parquet(responses)
+    part = frame[frame["step"] == step].drop(columns="step").reset_index(drop=True)
+    if part.empty:
+        raise DataError(f"{responses} holds no answers for step {step} (steps "
+                        f"{sorted(frame['step'].unique())}); rerun `emtrait behavior generate-run`")
+    _write_parquet(part, out, {**frame.attrs, "step": step})
+    typer.echo(f"{len(part)} answers of step {step} -> {out}")
 
 
 @app.command()
@@ -78,8 +143,9 @@ def judge(
     responses: Path = typer.Option(..., "--responses", help="responses.parquet to judge."),
     out: Path = typer.Option(..., "--out", help="judgements.parquet to write."),
     usage: Path | None = typer.Option(None, "--usage", help="Usage/cost record (JSON)."),
-    cache: Path | None = typer.Option(None, "--cache",
-                                      help="Judge cache (default: behavior.judge.cache)."),
+    cache: Path | None = typer.Option(
+        None, "--cache", help="This job's own judge cache (default: judge-cache.jsonl beside "
+        "--out); a rerun resumes from it. One writer per file: never share it between jobs."),
     judge_model: str | None = typer.Option(None, "--judge-model",
                                            help="Local model folder for kind 'hf'."),
     judge_pointer: Path | None = typer.Option(
@@ -99,7 +165,8 @@ def judge(
         from emtrait.modeling import read_pointer
 
         judge_model = read_pointer(judge_pointer)
-    judge_ = make_judge(jcfg, cache_path=str(cache or jcfg.cache), hf_location=judge_model,
+    judge_ = make_judge(jcfg, cache_path=cache or out.with_name("judge-cache.jsonl"),
+                        hf_location=judge_model,
                         batch_size=cfg.behavior.batch_size, progress=True)
     table = judge_table(frame, judge_)
     attrs = {**frame.attrs, "judge": judge_.id, "judge_mode": jcfg.mode}
@@ -136,8 +203,10 @@ def score(
                         as_score(r.coherent_label, r.coherent), conv)
                 for r in frame.itertuples()]
     summary = em_summary(outcomes)
+    peak = frame.attrs.get("peak_gpu_mib")  # of the generate job that made the answers
     stamp = _stamp(cfg, model, dataset, seed, step, judge=frame.attrs.get("judge"),
-                   judge_mode=cfg.behavior.judge.mode)
+                   judge_mode=cfg.behavior.judge.mode,
+                   peak_gpu_mib=None if peak in (None, "None") else float(peak))
     result = _em_json(cfg, {**summary, "convention": conv.name}, "judge", stamp)
     if usage is not None and usage.is_file():
         result["judge_usage"] = json.loads(usage.read_text())
@@ -173,7 +242,8 @@ def choice(
         read_pointer(pointer), checkpoint, cfg.model(model), items, batch_size=b.batch_size,
         base_table=pd.read_parquet(base_table) if base_table is not None else None)
     summary = summarize(frame, b.choice_rule, b.choice_margin, b.bootstrap, b.seed)
-    stamp = _stamp(cfg, model, dataset, seed, step, choice_items=b.choice_items)
+    stamp = _stamp(cfg, model, dataset, seed, step, choice_items=b.choice_items,
+                   peak_gpu_mib=_peak_gpu_mib())
     _write_parquet(frame, table, stamp)
     write_json(out, _em_json(cfg, summary, "choice", stamp))
     typer.echo(f"choice EM proxy {summary['em_rate']:.3f} ({summary['n_misaligned']}/"

@@ -1,26 +1,29 @@
 """Judges that score free-form answers 0-100 for alignment and coherence.
 
-A small registry maps `behavior.judge.kind` to a backend:
+A registry (`JUDGES`, at the end; a new judge is one entry there) maps `behavior.judge.kind` to
+a backend and the modes it supports (checked when the config loads):
 
-- `openai`: any OpenAI-compatible chat-completions endpoint (OpenAI, vLLM, a local server), in
-  `logprob` mode (one token, top-20 logprobs, Betley et al.) or `text` mode (first integer of the
-  reply). The key comes from an environment variable only and is never written anywhere.
-  Requests run in a bounded thread pool behind a rate limiter, retry with exponential backoff on
-  429 / 5xx / timeouts / connection errors, and go through a persistent cache (`JudgeCache`).
+- `openai`: any OpenAI-compatible chat-completions endpoint (OpenAI, Azure OpenAI, vLLM, a local
+  server) through the official `openai` client, in `logprob` mode (one token, top-20 logprobs,
+  Betley et al.) or `text` mode (first integer of the reply). The key comes from an environment
+  variable only and is never written anywhere. The client retries 429 / 5xx / timeouts /
+  connection errors (honouring Retry-After); requests run in a bounded thread pool behind a
+  rate limiter and go through the job's cache (`JudgeCache`).
 - `hf`: a local transformers model as judge, same prompts, logprob mode.
 - `lexical`: the model organism's closed-vocabulary judge (`emtrait.organism.judge.score`).
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
-import random
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import CancelledError, ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from emtrait.behavior.cache import JudgeCache, cache_key
@@ -80,7 +83,7 @@ class Judge:
 
 
 # ---------------------------------------------------------------------------------------------
-# openai-compatible endpoint
+# openai-compatible endpoint, through the official client
 # ---------------------------------------------------------------------------------------------
 
 
@@ -102,10 +105,17 @@ class RateLimiter:
 
 
 class OpenAIJudge(Judge):
-    """Chat-completions judge with bounded concurrency, rate limit, retries and a cache."""
+    """Chat-completions judge through the `openai` client, with rate limit, cache and costs.
+
+    The client does the HTTP: retries (429, 408/409, 5xx, timeouts, connection errors) with its
+    exponential backoff, honouring a server's Retry-After, and the per-request timeout. emtrait
+    adds what the client does not have: a rate limit and a request count on every attempt
+    (an httpx request hook, so retries are paced and counted too), bounded concurrency, the
+    cache, token/cost accounting, and the rule that the key comes only from the environment.
+    """
 
     def __init__(self, cfg: JudgeConfig, cache: JudgeCache | None = None, progress: bool = False):
-        import httpx
+        import openai
 
         key = os.environ.get(cfg.api_key_env, "").strip()
         if not key:
@@ -118,35 +128,49 @@ class OpenAIJudge(Judge):
         super().__init__()
         self.cache = cache
         self.progress = progress
-        self.url = cfg.base_url.rstrip("/") + "/chat/completions"
-        self._headers = {"Authorization": f"Bearer {key}"}
-        self._client = httpx.Client(timeout=cfg.timeout_s)
+        self.url = cfg.base_url.rstrip("/")
         self._limiter = RateLimiter(cfg.requests_per_minute)
         self._lock = threading.Lock()
         self._abort = threading.Event()  # set on the first fatal error: queued work stops
-
-    def _body(self, prompt: str) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": self.cfg.model, "temperature": 0, "seed": 0,
-                                "messages": [{"role": "user", "content": prompt}]}
-        if self.cfg.mode == "logprob":
-            body.update(max_tokens=1, logprobs=True, top_logprobs=TOP_LOGPROBS)
+        http = openai.DefaultHttpxClient(event_hooks={"request": [self._on_request]})
+        common = dict(api_key=key, timeout=cfg.timeout_s, max_retries=cfg.max_retries,
+                      http_client=http)
+        if cfg.azure_api_version:
+            self._client = openai.AzureOpenAI(azure_endpoint=self.url,
+                                              api_version=cfg.azure_api_version, **common)
         else:
-            body.update(max_tokens=TEXT_MAX_TOKENS)
-        return body
+            self._client = openai.OpenAI(base_url=self.url, **common)
+
+    def _on_request(self, request: Any) -> None:
+        """Every attempt the client sends, retries included: abort check, rate limit, counts."""
+        if self._abort.is_set():
+            raise CancelledError
+        self._limiter.wait()
+        retry = int(request.headers.get("x-stainless-retry-count", "0") or 0) > 0
+        self._count(requests=1, retries=int(retry))
+
+    def _params(self, prompt: str) -> dict[str, Any]:
+        params: dict[str, Any] = {"model": self.cfg.model, "temperature": 0, "seed": 0,
+                                  "messages": [{"role": "user", "content": prompt}]}
+        if self.cfg.mode == "logprob":
+            params.update(max_tokens=1, logprobs=True, top_logprobs=TOP_LOGPROBS)
+        else:
+            params.update(max_tokens=TEXT_MAX_TOKENS)
+        return params
 
     def _count(self, **inc: int) -> None:
         with self._lock:
             for k, v in inc.items():
                 setattr(self.usage, k, getattr(self.usage, k) + v)
 
-    def _reply(self, response: Any) -> dict[str, Any]:
+    def _reply(self, body: str) -> dict[str, Any]:
         """Raw reply worth caching, or {'error': ...} for a malformed one (unscoreable)."""
         try:
-            data = response.json()
+            data = json.loads(body)
             choice = data["choices"][0]
             usage = data.get("usage") or {}
-            self._count(prompt_tokens=int(usage.get("prompt_tokens", 0)),
-                        completion_tokens=int(usage.get("completion_tokens", 0)))
+            self._count(prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                        completion_tokens=int(usage.get("completion_tokens") or 0))
             content = (choice.get("message") or {}).get("content")
             if self.cfg.mode == "text":
                 return {"content": content}
@@ -158,36 +182,27 @@ class OpenAIJudge(Judge):
             return {"error": f"malformed reply ({type(e).__name__}: {e})"}
 
     def _post(self, prompt: str) -> dict[str, Any]:
-        import httpx
+        import openai
 
-        cfg, last = self.cfg, ""
-        for attempt in range(cfg.max_retries + 1):
-            if self._abort.is_set():
-                raise CancelledError
-            if attempt:
-                self._count(retries=1)
-            self._limiter.wait()
-            self._count(requests=1)
-            retry_after = None
-            try:
-                r = self._client.post(self.url, json=self._body(prompt), headers=self._headers)
-            except (httpx.TimeoutException, httpx.TransportError) as e:
-                last = f"{type(e).__name__}: {e}"
-            else:
-                if r.status_code == 200:
-                    return self._reply(r)
-                if r.status_code in (401, 403):
-                    raise JudgeError(f"{self.url} rejected the key in ${cfg.api_key_env} "
-                                     f"(HTTP {r.status_code}); check that variable")
-                if r.status_code != 429 and r.status_code < 500:
-                    raise JudgeError(f"{self.url} answered HTTP {r.status_code}: "
-                                     f"{r.text[:300]!r}; check behavior.judge.model/base_url")
-                last = f"HTTP {r.status_code}"
-                retry_after = _seconds(r.headers.get("retry-after"))
-            if attempt < cfg.max_retries:
-                delay = cfg.backoff_s * 2 ** attempt * (1 + 0.25 * random.random())
-                time.sleep(min(retry_after if retry_after is not None else delay, 60.0))
-        raise JudgeError(f"{self.url}: no answer after {cfg.max_retries + 1} attempts ({last})")
+        cfg = self.cfg
+        if self._abort.is_set():
+            raise CancelledError
+        try:
+            raw = self._client.chat.completions.with_raw_response.create(**self._params(prompt))
+        except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
+            raise JudgeError(f"{self.url} rejected the key in ${cfg.api_key_env} "
+                             f"(HTTP {e.status_code}); check that variable") from None
+        except openai.APIStatusError as e:
+            if e.status_code in (408, 409, 429) or e.status_code >= 500:
+                raise JudgeError(f"{self.url}: no answer after {cfg.max_retries + 1} attempts "
+                                 f"(HTTP {e.status_code})") from None
+            raise JudgeError(f"{self.url} answered HTTP {e.status_code}: "
+                             f"{e.response.text[:300]!r}; check behavior.judge.model/base_url"
+                             ) from None
+        except openai.APIConnectionError as e:  # includes APITimeoutError
+            raise JudgeError(f"{self.url}: no answer after {cfg.max_retries + 1} attempts "
+                             f"({type(e).__name__}: {e})") from None
+        return self._reply(raw.http_response.text)
 
     def _parse(self, reply: dict[str, Any]) -> Score:
         if "error" in reply:
@@ -243,13 +258,6 @@ class OpenAIJudge(Judge):
                                    self.usage.completion_tokens * cout) / 1e6
 
 
-def _seconds(value: str | None) -> float | None:
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None
-
-
 # ---------------------------------------------------------------------------------------------
 # local transformers judge
 # ---------------------------------------------------------------------------------------------
@@ -272,27 +280,22 @@ class HFJudge(Judge):
         import torch
         from tqdm.auto import tqdm
 
-        from emtrait.modeling import build_messages, render_chat
+        from emtrait.behavior.forward import left_padded_logits
+        from emtrait.modeling import format_user_prompts
 
-        tok, model = self.tokenizer, self.model
-        device = next(model.parameters()).device
-        texts = [render_chat(tok, build_messages(p)) for p in prompts]
+        tok = self.tokenizer
+        texts = format_user_prompts(tok, list(prompts), None, "judge")
         scores: list[Score] = []
         starts = range(0, len(texts), self.batch_size)
         for i in tqdm(starts, desc="hf judge", disable=not self.progress, leave=False):
-            tok.padding_side = "left"  # the next-token logits then sit in the last column
-            enc = tok(texts[i:i + self.batch_size], return_tensors="pt", padding=True,
-                      add_special_tokens=False).to(device)
-            position_ids = (enc["attention_mask"].cumsum(-1) - 1).clamp_min(0)
-            with torch.no_grad():
-                logits = model(**enc, position_ids=position_ids, use_cache=False,
-                               logits_to_keep=1).logits[:, -1].float()  # (batch, vocab)
+            rows = [tok(t, add_special_tokens=False)["input_ids"]
+                    for t in texts[i:i + self.batch_size]]
+            logits = left_padded_logits(self.model, rows, tok.pad_token_id, 1)[:, -1].float()
             top = torch.log_softmax(logits, dim=-1).topk(TOP_LOGPROBS, dim=-1)
             for lps, ids in zip(top.values.tolist(), top.indices.tolist(), strict=True):
                 scores.append(score_from_logprobs(
                     [(tok.decode([t]), lp) for t, lp in zip(ids, lps, strict=True)]))
             self.usage.requests += 1
-        tok.padding_side = "right"
         self.usage.prompts += len(prompts)
         return scores
 
@@ -329,22 +332,57 @@ class LexicalJudge(Judge):
         return out
 
 
-KINDS = ("openai", "hf", "lexical")
+# ---------------------------------------------------------------------------------------------
+# the registry: where a new judge is added
+# ---------------------------------------------------------------------------------------------
 
 
-def make_judge(cfg: JudgeConfig, cache_path: str | None = None, hf_location: str | None = None,
-               batch_size: int = 8, progress: bool = False) -> Judge:
+@dataclass(frozen=True)
+class JudgeKind:
+    """One judge backend: the modes it supports, whether it needs a GPU, and how to build it."""
+
+    modes: tuple[str, ...]
+    gpu: bool
+    build: Callable[[JudgeConfig, JudgeCache | None, str | None, int, bool], Judge]
+
+
+JUDGES: dict[str, JudgeKind] = {
+    "openai": JudgeKind(("logprob", "text"), False,
+                        lambda cfg, cache, hf, bs, progress: OpenAIJudge(cfg, cache, progress)),
+    "hf": JudgeKind(("logprob",), True,
+                    lambda cfg, cache, hf, bs, progress: HFJudge(hf or cfg.model, bs,
+                                                                 progress=progress)),
+    # the lexical judge scores directly; judge.mode does not change what it does
+    "lexical": JudgeKind(("logprob", "text"), False,
+                         lambda cfg, cache, hf, bs, progress: LexicalJudge()),
+}
+
+
+def judge_kind(kind: str) -> JudgeKind:
+    """The registered judge backend `kind` (did-you-mean on an unknown one)."""
+    if kind not in JUDGES:
+        close = difflib.get_close_matches(kind, list(JUDGES), n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"behavior.judge.kind: unknown judge '{kind}'.{hint} "
+                          f"Known: {sorted(JUDGES)}")
+    return JUDGES[kind]
+
+
+def check_judge(kind: str, mode: str) -> None:
+    """Config-load check: the judge exists and supports the mode (fails before any job runs)."""
+    modes = judge_kind(kind).modes
+    if mode not in modes:
+        raise ConfigError(f"behavior.judge.mode '{mode}' is not supported by judge kind '{kind}'"
+                          f"; use one of {list(modes)}")
+
+
+def make_judge(cfg: JudgeConfig, cache_path: str | Path | None = None,
+               hf_location: str | None = None, batch_size: int = 8,
+               progress: bool = False) -> Judge:
     """The configured judge; `hf_location` overrides judge.model for kind 'hf'."""
-    if cfg.kind == "openai":
-        cache = JudgeCache(cache_path) if cache_path else None
-        return OpenAIJudge(cfg, cache, progress=progress)
-    if cfg.kind == "hf":
-        if cfg.mode != "logprob":
-            raise ConfigError("behavior.judge.mode must be 'logprob' for kind 'hf'")
-        return HFJudge(hf_location or cfg.model, batch_size=batch_size, progress=progress)
-    if cfg.kind == "lexical":
-        return LexicalJudge()
-    raise ConfigError(f"unknown behavior.judge.kind '{cfg.kind}'; known: {list(KINDS)}")
+    check_judge(cfg.kind, cfg.mode)
+    cache = JudgeCache(cache_path) if cache_path else None
+    return judge_kind(cfg.kind).build(cfg, cache, hf_location, batch_size, progress)
 
 
 def judge_table(responses: Any, judge: Judge) -> Any:

@@ -9,6 +9,10 @@ BEHAVIOR_STEP = behavior_dir("{model}", "{dataset}", "{seed}", "{step}")
 BEHAVIOR_LOG = "logs/behavior/{model}/{dataset}/seed{seed}/step-{step}"
 BEHAVIOR_GROUP = "behavior_{model}_{dataset}_{seed}"
 
+from emtrait.behavior.judges import judge_kind
+
+JUDGE_KIND = judge_kind(CFG.behavior.judge.kind)
+
 
 if CFG.behavior.method == "choice":
 
@@ -56,7 +60,47 @@ if CFG.behavior.method == "choice":
         shell:
             "emtrait behavior choice --config {params.config} --model {wildcards.model} --dataset {wildcards.dataset} --seed {wildcards.seed} --step {wildcards.step} --pointer {input.pointer} --adapters {input.adapters} --base-table {input.base} --table {output.table} --out {output.em} > {log} 2>&1"
 
-else:
+elif CFG.behavior.engine == "vllm":
+
+    # one vLLM engine per run: every step's answers in one job, adapters swapped, not reloaded
+    rule behavior_generate_run:
+        input:
+            pointer=lambda w: model_pointer(w.model),
+            adapters=behavior_adapters,
+        output:
+            "results/behavior/{model}/{dataset}/seed{seed}/responses-vllm.parquet",
+        log:
+            "logs/behavior/{model}/{dataset}/seed{seed}/generate-vllm.log",
+        params:
+            config=config_file,
+            behavior=behavior_params(
+                "questions", "selection", "samples", "temperature", "max_new_tokens", "seed",
+                "engine", "vllm_memory",
+            ),
+            model_entry=behavior_model_entry,
+            steps=lambda w: ",".join(str(s) for s in steps(w.model, w.dataset)),
+        conda:
+            "../../envs/emtrait.yaml"
+        resources:
+            **GPU_PLACEMENT,
+        shell:
+            "emtrait behavior generate-run --config {params.config} --model {wildcards.model} --dataset {wildcards.dataset} --seed {wildcards.seed} --pointer {input.pointer} --adapters {input.adapters} --steps {params.steps} --out {output} > {log} 2>&1"
+
+    rule behavior_split_run:
+        input:
+            "results/behavior/{model}/{dataset}/seed{seed}/responses-vllm.parquet",
+        output:
+            f"{BEHAVIOR_STEP}/responses.parquet",
+        log:
+            f"{BEHAVIOR_LOG}/split.log",
+        localrule: True
+        conda:
+            "../../envs/emtrait.yaml"
+        shell:
+            "emtrait behavior split-run --responses {input} --step {wildcards.step} --out {output} > {log} 2>&1"
+
+
+if CFG.behavior.method != "choice" and CFG.behavior.engine == "hf":
 
     rule behavior_generate:
         input:
@@ -82,6 +126,8 @@ else:
         shell:
             "emtrait behavior generate --config {params.config} --model {wildcards.model} --dataset {wildcards.dataset} --seed {wildcards.seed} --step {wildcards.step} --pointer {input.pointer} --adapters {input.adapters} --out {output} > {log} 2>&1"
 
+if CFG.behavior.method != "choice":
+
     rule behavior_judge:
         input:
             responses=f"{BEHAVIOR_STEP}/responses.parquet",
@@ -95,19 +141,22 @@ else:
             config=config_file,
             judge=CFG.behavior.judge.model_dump_json(
                 exclude={"concurrency", "requests_per_minute", "max_retries", "timeout_s",
-                         "backoff_s", "price_input_per_mtok", "price_output_per_mtok"}
+                         "price_input_per_mtok", "price_output_per_mtok"}
             ),
             pointer_arg=lambda w, input: (
                 f"--judge-pointer {input.judge_pointer}" if input.judge_pointer else ""
             ),
+            # this job's own cache, beside its outputs: one writer per file (safe on a cluster's
+            # network filesystem), not a declared output so a failed job keeps it to resume
+            cache=f"{BEHAVIOR_STEP}/judge-cache.jsonl",
         group:
             BEHAVIOR_GROUP
         conda:
             "../../envs/emtrait.yaml"
         resources:
-            gpu=lambda w: 1 if CFG.behavior.judge.kind == "hf" else 0,
+            gpu=lambda w: 1 if JUDGE_KIND.gpu else 0,
         shell:
-            "emtrait behavior judge --config {params.config} --responses {input.responses} --out {output.judgements} --usage {output.usage} {params.pointer_arg} > {log} 2>&1"
+            "emtrait behavior judge --config {params.config} --responses {input.responses} --out {output.judgements} --usage {output.usage} --cache {params.cache} {params.pointer_arg} > {log} 2>&1"
 
     rule behavior_score:
         input:

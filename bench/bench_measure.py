@@ -99,7 +99,7 @@ def ours_variant(model, tok, texts, layer, batch_size: int, truncate: bool) -> f
     import torch
 
     from emtrait.capture import _batches_by_length, encode, forward_blocks, pool
-    from emtrait.finetune.measure import frozen_for_measuring
+    from emtrait.live.probe import frozen_for_measuring
 
     t0 = time.perf_counter()
     with frozen_for_measuring(model):
@@ -171,13 +171,9 @@ def main() -> None:
 
     torch.set_num_threads(a.threads)
     from emtrait.config import load_config
-    from emtrait.finetune.measure import (
-        eval_prompts,
-        format_prompts,
-        measure_snapshot,
-        read_directions,
-    )
+    from emtrait.finetune.measure import eval_prompts, format_prompts, read_directions
     from emtrait.finetune.train import _load_for_training, run_finetune
+    from emtrait.live.probe import TraitProbe
     from emtrait.modeling import decoder_layers, read_pointer
 
     pointer = REPO / "resources" / "models" / a.model / "model.json"
@@ -206,11 +202,17 @@ def main() -> None:
     # -- 1. per checkpoint: ours vs reference, alternated so both see the same load ----------
     all_texts = format_prompts(tok, eval_prompts(cfg), cfg.model(a.model), a.model)
     batch = cfg.measurement.batch_size
-    measure_snapshot(model, tok, texts[:4], directions, [layer], batch)  # warm-up
+
+    def probe_of(some_texts):  # built once per run (tokenises the prompts), outside the timing
+        return TraitProbe(directions=directions.at(layer), traits=directions.traits, layer=layer,
+                          texts=some_texts, tokenizer=tok, batch_size=batch, prefix_cache=True)
+
+    probe, probe_all = probe_of(texts), probe_of(all_texts)
+    probe_of(texts[:4]).measure(model)  # warm-up
     ours, refs, nopfx, b1s, fulls = [], [], [], [], []
     for _ in range(a.repeats):
         t0 = time.perf_counter()
-        snap = measure_snapshot(model, tok, texts, directions, [layer], batch, prefix_cache=True)
+        snap = probe.measure(model)
         ours.append(time.perf_counter() - t0)
         refs.append(reference_checkpoint(location, adapter, tok, texts, layer,
                                          directions.at(layer)))
@@ -224,11 +226,11 @@ def main() -> None:
     ref_fwd = min(r[3] for r in refs)
     ref_s = ref_load + ref_fwd
     batch1, full = min(b1s), min(fulls)
-    diff = float(np.abs(ref_acts - snap.activation[0]).max())
-    pdiff = float(np.abs(ref_proj - snap.projection[0]).max())
+    diff = float(np.abs(ref_acts - snap.activation).max())
+    pdiff = float(np.abs(ref_proj - snap.projection).max())
     pad = padding_share(tok, texts, batch)
     t0 = time.perf_counter()
-    measure_snapshot(model, tok, all_texts, directions, [layer], batch)
+    probe_all.measure(model)
     ours_all = time.perf_counter() - t0
     ref_all = ref_load + ref_fwd / len(texts) * len(all_texts)
     print(f"\n## per checkpoint: {len(texts)} prompts in both arms, min of {a.repeats} "

@@ -263,19 +263,21 @@ def checkpoint_kind(folder: str | Path) -> str:
 
 def load_checkpoint(base_location: str, checkpoint_dir: str | Path | None,
                     entry: ModelEntry | None = None, device: str | None = None, *,
-                    base_model: PreTrainedModel | None = None
+                    base_model: PreTrainedModel | None = None,
+                    tokenizer: PreTrainedTokenizerBase | None = None
                     ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A checkpoint in eval mode: the base with a LoRA adapter applied, or a full model.
 
     `checkpoint_dir=None` is the base model itself (step 0). A full-finetune checkpoint may
     hold no tokenizer, so the tokenizer always comes from the base. `base_model`, if given, is
-    an already loaded base to put the adapter on (call `.unload()` on the result to get it back).
+    an already loaded base to put the adapter on (call `.unload()` on the result to get it back),
+    `tokenizer` the base's tokenizer if already loaded.
     """
-    tok = load_tokenizer(base_location, entry)
-    if checkpoint_dir is None:
-        if base_model is not None:
-            return base_model, tok
+    if checkpoint_dir is None and base_model is None:
         return load_model(base_location, entry, device)
+    tok = tokenizer if tokenizer is not None else load_tokenizer(base_location, entry)
+    if checkpoint_dir is None:
+        return base_model, tok
     kind = checkpoint_kind(checkpoint_dir)
     if kind == "adapter":
         from peft import PeftModel

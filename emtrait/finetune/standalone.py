@@ -12,15 +12,10 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from emtrait.errors import StoreError
-from emtrait.finetune.measure import (
-    eval_prompts,
-    format_prompts,
-    measure_snapshot,
-    read_directions,
-)
+from emtrait.errors import ModelError, StoreError
+from emtrait.finetune.measure import eval_prompts, format_prompts, read_directions, run_probe
 from emtrait.finetune.store import RunStore, publish_dir, step_dataset
-from emtrait.modeling import load_model, read_pointer
+from emtrait.modeling import checkpoint_kind, load_checkpoint, load_model, read_pointer
 from emtrait.provenance import provenance
 
 if TYPE_CHECKING:
@@ -42,12 +37,10 @@ def checkpoints_in(folder: str | Path) -> list[tuple[int, Path]]:
 
 
 def _kind(path: Path) -> str:
-    if (path / "adapter_config.json").is_file():
-        return "adapter"
-    if (path / "config.json").is_file():
-        return "full"
-    raise StoreError(f"{path} is neither a PEFT adapter (adapter_config.json) nor a model "
-                     "folder (config.json)")
+    try:
+        return checkpoint_kind(path)
+    except ModelError as e:
+        raise StoreError(str(e)) from None
 
 
 def measure_checkpoints(cfg: Config, model_name: str, *, pointer: str | Path,
@@ -65,14 +58,15 @@ def measure_checkpoints(cfg: Config, model_name: str, *, pointer: str | Path,
     layers = ([directions.layer] if cfg.measurement.layers == "chosen"
               else list(directions.layers))
     prompts = eval_prompts(cfg)
-    base, tok = load_model(read_pointer(pointer), entry)
+    location = read_pointer(pointer)
+    base, tok = load_model(location, entry)
     texts = format_prompts(tok, prompts, entry, model_name)
+    probe = run_probe(cfg, tok, directions, prompts, texts, layers)
     attrs = provenance(config_hash=cfg.hash(), model_source=entry.source, seed=seed,
                        model=model_name, dataset=dataset, layer=directions.layer,
                        measured_layers=layers, n_prompts=len(prompts),
                        directions_prompt_hash=str(directions.attrs.get("prompt_hash", "")),
                        checkpoints=[str(p) for _, p in checkpoints])
-    batch = cfg.measurement.batch_size
     todo = list(checkpoints) if steps and steps[0] == 0 else [(0, None), *checkpoints]
     out = Path(out)
     building = out.parent / f".{out.name}.building"
@@ -81,18 +75,13 @@ def measure_checkpoints(cfg: Config, model_name: str, *, pointer: str | Path,
         store = RunStore(building)
         for step, path in todo:
             kind = None if path is None else _kind(Path(path))
-            if kind is None:
-                model = base
-            elif kind == "full":
-                model, _ = load_model(str(path), entry)
-            else:
-                from peft import PeftModel
-
-                model = PeftModel.from_pretrained(base, str(path), is_trainable=False)
-            snap = measure_snapshot(model, tok, texts, directions, layers, batch,
-                                    cfg.measurement.prefix_cache)
-            store.append(step_dataset(step, snap, directions, layers, prompts, float("nan")),
-                         attrs)
+            model, _ = load_checkpoint(location, path, entry, base_model=base if kind != "full"
+                                       else None, tokenizer=tok,
+                                       device=str(next(base.parameters()).device))
+            store.append(step_dataset(
+                step, probe.measure(model), traits=directions.traits,
+                trait_sets=directions.trait_sets, prompt_categories=[p.category for p in prompts],
+                directions=directions.at(directions.layer)), attrs)
             if kind == "adapter":
                 base = model.unload()  # the base model without the LoRA layers, for the next one
             del model

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,34 +22,47 @@ from emtrait.atomic import publish as publish_dir
 from emtrait.errors import StoreError
 
 if TYPE_CHECKING:
-    import xarray as xr
-
-    from emtrait.finetune.measure import Directions, EvalPrompt, Snapshot
-
-
-def step_dataset(step: int, snap: Snapshot, directions: Directions, layers: list[int],
-                 prompts: list[EvalPrompt], loss: float) -> xr.Dataset:
-    """One step of the run store (normalised columns are filled in by `RunStore.append`)."""
     import numpy as np
     import xarray as xr
 
-    chosen = layers.index(directions.layer)
-    coords = {
+    from emtrait.live.probe import Measurement
+
+
+def step_dataset(step: int, m: Measurement, *, traits: Sequence[str],
+                 prompt_categories: Sequence[str], loss: float = float("nan"),
+                 trait_sets: Sequence[str] | None = None, directions: np.ndarray | None = None,
+                 keep_activation: bool = True) -> xr.Dataset:
+    """One step of the run store from a probe's Measurement (normalised columns: `append`).
+
+    `directions` (trait, hidden), the unit directions at l*, are stored as `direction` so later
+    stages need not reopen the traits output. `keep_activation=False` stores NaN activations
+    (all-NaN chunks are not written: long runs keep only step 0's).
+    """
+    import numpy as np
+    import xarray as xr
+
+    act = m.activation if keep_activation else np.full_like(m.activation, np.nan)
+    coords: dict[str, Any] = {
         "step": [int(step)],
-        "trait": np.array(directions.traits, dtype=object),
-        "trait_set": ("trait", np.array(directions.trait_sets, dtype=object)),
-        "prompt": np.arange(len(prompts)),
-        "prompt_category": ("prompt", np.array([p.category for p in prompts], dtype=object)),
+        "trait": np.array(list(traits), dtype=object),
+        "prompt": np.arange(act.shape[0]),
+        "prompt_category": ("prompt", np.array(list(prompt_categories), dtype=object)),
     }
-    data = {
-        "activation": (("step", "prompt", "hidden"), snap.activation[chosen][None]),
-        "projection": (("step", "trait"), snap.projection[chosen][None]),
+    if trait_sets is not None:
+        coords["trait_set"] = ("trait", np.array(list(trait_sets), dtype=object))
+    data: dict[str, Any] = {
+        "activation": (("step", "prompt", "hidden"), act[None]),
+        "projection": (("step", "trait"), np.asarray(m.projection, dtype=np.float64)[None]),
         "loss": (("step",), np.array([loss], dtype=np.float64)),
     }
-    if len(layers) > 1:
-        coords["layer"] = layers
-        data["activation_layers"] = (("step", "layer", "prompt", "hidden"), snap.activation[None])
-        data["projection_layers"] = (("step", "layer", "trait"), snap.projection[None])
+    if directions is not None:
+        data["direction"] = (("trait", "hidden"), np.asarray(directions, dtype=np.float32))
+    if m.activation_layers is not None:
+        layer_acts = m.activation_layers if keep_activation else \
+            np.full_like(m.activation_layers, np.nan)
+        coords["layer"] = list(m.layers)
+        data["activation_layers"] = (("step", "layer", "prompt", "hidden"), layer_acts[None])
+        data["projection_layers"] = (("step", "layer", "trait"), m.projection_layers[None])
     return xr.Dataset(data, coords=coords)
 
 
@@ -72,11 +86,17 @@ class RunStore:
     def steps(self) -> list[int]:
         return [int(s) for s in self.load()["step"].values] if self.exists() else []
 
-    def append(self, step_ds: xr.Dataset, attrs: dict[str, Any] | None = None) -> xr.Dataset:
-        """Add one step; the first step must be 0 and fixes norm0 from its activations."""
+    def append(self, step_ds: xr.Dataset, attrs: dict[str, Any] | None = None, *,
+               extra_attrs: dict[str, Any] | None = None) -> xr.Dataset:
+        """Add one step; the first step must be 0 and fixes norm0 from its activations.
+
+        Variables without a step dimension (`direction`) are kept from the first step.
+        `attrs` are set with the first step; `extra_attrs` are merged in at any step (the
+        live monitor records why it stopped a run).
+        """
         import xarray as xr
 
-        from emtrait.finetune.measure import mean_norm
+        from emtrait.drift import drift, mean_norm, normalise
 
         step = int(step_ds["step"].values[0])
         if self.exists():
@@ -94,9 +114,9 @@ class RunStore:
             full = step_ds
             full.attrs = {**(attrs or {}),
                           "norm0": mean_norm(step_ds["activation"].values[0])}
-        norm0 = float(full.attrs["norm0"])
-        full["projection_norm"] = full["projection"] / norm0
-        full["drift"] = full["projection_norm"] - full["projection_norm"].isel(step=0)
+        full.attrs.update(extra_attrs or {})
+        full["projection_norm"] = normalise(full["projection"], float(full.attrs["norm0"]))
+        full["drift"] = drift(full["projection_norm"])
         self._write(full)
         return full
 

@@ -1,9 +1,10 @@
 """One finetuning run (model × dataset × seed) with trait measurement at every checkpoint.
 
 HF Trainer + PEFT LoRA (or full finetuning). A TrainerCallback measures the live weights at
-step 0 (before the first update) and at each configured checkpoint step: eval mode, no grad,
-a forward truncated after the deepest needed block, then every module's mode is restored, so
-training is bit-identical with or without measurement.
+step 0 (before the first update) and at each configured checkpoint step with
+`emtrait.live.TraitProbe` (eval mode, no grad, a forward truncated after the deepest needed
+block, then every module's mode is restored), so training is bit-identical with or without
+measurement.
 
 While running, everything lives in `<out>/.inprogress/` (Snakemake deletes declared outputs of
 failed jobs, so resume state must sit beside them): `measure.zarr` grows one complete step per
@@ -33,8 +34,8 @@ from emtrait.finetune.measure import (
     EvalPrompt,
     eval_prompts,
     format_prompts,
-    measure_snapshot,
     read_directions,
+    run_probe,
 )
 from emtrait.finetune.store import RunStore, step_dataset
 from emtrait.modeling import linear_module_names, pick_device, read_pointer
@@ -286,12 +287,16 @@ def run_finetune(cfg: Config, model_name: str, dataset: str, seed: int, *, point
                        directions_prompt_hash=str(directions.attrs.get("prompt_hash", "")),
                        method=training.method, loss_on=training.loss_on,
                        checkpoint_steps=steps)
-    batch = cfg.measurement.batch_size
+    probe = run_probe(cfg, tok, directions, prompts, texts, layers) if measure else None
 
     def measure_fn(live_model, step):
-        snap = measure_snapshot(live_model, tok, texts, directions, layers, batch,
-                                cfg.measurement.prefix_cache)
-        return lambda loss: step_dataset(step, snap, directions, layers, prompts, loss)
+        m = probe.measure(live_model)
+        # all-NaN activation chunks are not written: long runs keep only step 0's
+        keep = not (training.keep_activations == "step0" and step > 0)
+        return lambda loss: step_dataset(
+            step, m, traits=directions.traits, trait_sets=directions.trait_sets,
+            prompt_categories=[p.category for p in prompts], loss=loss,
+            directions=directions.at(directions.layer), keep_activation=keep)
 
     def save_fn(live_model, step):
         with atomic.atomic_path(paths.live_adapters / f"step-{step}", is_dir=True) as tmp:

@@ -1,9 +1,16 @@
 """The saved monitor: a fitted regressor plus everything needed to apply it to a new run.
 
 Format: one skops archive (a zip of JSON + NumPy arrays; nothing is unpickled) holding
-`{"format": "emtrait-monitor", "version": 1, "meta_json": ..., "directions": ..., "regressor":
+`{"format": "emtrait-monitor", "version": 2, "meta_json": ..., "directions": ..., "regressor":
 ...}`. Loading trusts only the sklearn types on `TRUSTED` and refuses anything else, a file that
 is not a skops archive, or an archive that is not a monitor.
+
+Version 2 makes the file usable alone inside someone else's training loop (`emtrait.live`):
+besides the regressor, traits, l*, threshold and alarm sigma (version 1), `meta` holds the raw
+eval prompts and their chat format (`prompts`, `prompt_categories`, `system_prompt_method`,
+`no_system_prompt`), the norm0 policy, calibration provenance (`provenance`, `calibration`) and
+a `fingerprint` of the base model (`model_fingerprint`). Version-1 files still load (for
+`monitor score`); the live API refuses them with how to refit.
 """
 
 from __future__ import annotations
@@ -12,14 +19,22 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from emtrait.errors import DataError, StoreError
+from emtrait.errors import DataError, ModelError, StoreError
+
+if TYPE_CHECKING:
+    from emtrait.config import Config
 
 FORMAT = "emtrait-monitor"
-VERSION = 1
+VERSION = 2
+# meta keys a format-2 monitor has beyond version 1
+V2_KEYS = ("prompts", "prompt_categories", "system_prompt_method", "no_system_prompt",
+           "fingerprint", "norm0_policy", "provenance")
+# rows of the input embedding hashed by the fingerprint (evenly spaced over the vocabulary)
+FINGERPRINT_ROWS = 256
 # Types skops does not trust by default that a monitor's regressors legitimately contain.
 TRUSTED = {"sklearn.tree._tree.Tree"}
 NORM0_POLICY = "mean per-prompt L2 norm of the activation at step 0 of the run being scored"
@@ -32,6 +47,7 @@ class Monitor:
     regressor: Any
     directions: np.ndarray  # (trait, hidden) unit directions at meta["layer"], float32
     meta: dict
+    version: int = VERSION  # format version of the file it was loaded from
 
     @property
     def traits(self) -> list[str]:
@@ -51,12 +67,14 @@ class Monitor:
 
 
 def save_monitor(path: str | os.PathLike, monitor: Monitor) -> None:
-    """Write the monitor archive atomically."""
+    """Write the monitor archive atomically (format 2 when meta has every `V2_KEYS` entry)."""
     import skops.io as sio
 
     from emtrait.atomic import atomic_path
 
-    obj = {"format": FORMAT, "version": VERSION, "meta_json": json.dumps(monitor.meta),
+    # without the live fields (`live_meta`) it is a version-1 monitor: `score` only
+    version = VERSION if all(k in monitor.meta for k in V2_KEYS) else 1
+    obj = {"format": FORMAT, "version": version, "meta_json": json.dumps(monitor.meta),
            "directions": np.asarray(monitor.directions, dtype="float32"),
            "regressor": monitor.regressor}
     with atomic_path(path) as tmp:
@@ -88,7 +106,7 @@ def load_monitor(path: str | os.PathLike) -> Monitor:
         raise StoreError(f"{p}: monitor format version {version!r} is newer than this emtrait "
                          f"reads ({VERSION}); upgrade emtrait")
     return Monitor(regressor=obj["regressor"], directions=np.asarray(obj["directions"]),
-                   meta=json.loads(obj["meta_json"]))
+                   meta=json.loads(obj["meta_json"]), version=version)
 
 
 def run_drift(monitor: Monitor, store: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
@@ -98,6 +116,9 @@ def run_drift(monitor: Monitor, store: str | os.PathLike) -> tuple[np.ndarray, n
     `activation(step, prompt, hidden)` with the monitor's directions and norm0 policy.
     """
     import xarray as xr
+
+    from emtrait.drift import drift as drift_from
+    from emtrait.drift import mean_norm, normalise
 
     if not os.path.isdir(store):
         raise StoreError(f"run store {store} does not exist; pass a measure.zarr")
@@ -121,11 +142,113 @@ def run_drift(monitor: Monitor, store: str | os.PathLike) -> tuple[np.ndarray, n
             raise DataError(f"{store}: hidden size {act.shape[-1]} differs from the monitor's "
                             f"{monitor.directions.shape[1]} (a different model?)")
         base = int(np.flatnonzero(steps == 0)[0])
-        norm0 = np.linalg.norm(act[base], axis=-1).mean()
-        proj = (act @ monitor.directions.T.astype(float)).mean(axis=1) / norm0
-        drift = proj - proj[base]
+        proj = (act @ monitor.directions.T.astype(float)).mean(axis=1)  # (step, trait)
+        drift = drift_from(normalise(proj, mean_norm(act[base])), origin=base)
     else:
         raise DataError(f"{store} has neither drift for traits {traits} nor activations to "
                         "recompute it from")
     ok = np.isfinite(drift).all(axis=1)
     return steps[ok], drift[ok]
+
+
+# ---------------------------------------------------------------------------------------------
+# format 2: what a monitor needs to run alone, and the base model it belongs to
+# ---------------------------------------------------------------------------------------------
+
+
+class ModelMismatchError(ModelError):
+    """The model a monitor is attached to is not the base model it was fitted on."""
+
+
+def model_fingerprint(model: Any, tokenizer: Any) -> dict[str, Any]:
+    """What identifies a base model, identical on CPU and GPU and in fp32 or bf16.
+
+    Architecture, hidden size, block count, a hash of the tokenizer vocabulary, and a hash of
+    256 evenly spaced rows of the input embedding (LoRA leaves it untouched), rounded to
+    bfloat16 first so a model loaded in fp32 and one loaded in bf16 hash the same.
+    """
+    import hashlib
+
+    import torch
+
+    from emtrait.modeling import _base, decoder_layers
+
+    base = _base(model)
+    vocab = sorted(tokenizer.get_vocab().items())
+    emb = base.get_input_embeddings().weight  # (vocab, hidden)
+    rows = torch.linspace(0, emb.shape[0] - 1, FINGERPRINT_ROWS).round().long().unique()
+    with torch.no_grad():
+        sample = emb.detach().index_select(0, rows.to(emb.device)).to(torch.bfloat16)
+        sample = sample.to(torch.float32).cpu().numpy()
+    return {
+        "model_type": str(getattr(base.config, "model_type", "")),
+        "architecture": type(base).__name__,
+        "hidden_size": int(base.config.hidden_size),
+        "n_layers": len(decoder_layers(base)),
+        "vocab_size": len(vocab),
+        "vocab_sha256": hashlib.sha256(json.dumps(vocab).encode()).hexdigest(),
+        "embedding_rows": int(emb.shape[0]),
+        "embedding_sha256": hashlib.sha256(sample.tobytes()).hexdigest(),
+    }
+
+
+FINGERPRINT_NAMES = {
+    "model_type": "model type", "architecture": "architecture", "hidden_size": "hidden size",
+    "n_layers": "decoder block count", "vocab_size": "tokenizer vocabulary size",
+    "vocab_sha256": "tokenizer vocabulary", "embedding_rows": "input embedding rows",
+    "embedding_sha256": "input embedding weights",
+}
+
+
+def check_fingerprint(monitor: Monitor, model: Any, tokenizer: Any, *,
+                      allow_foreign: bool = False, weights: bool = True) -> list[str]:
+    """Raise ModelMismatchError naming what differs from the monitor's base model.
+
+    `allow_foreign=True` (a deliberate transfer experiment) returns the differences instead.
+    `weights=False` skips the embedding checksum (a full finetune past step 0 changes it).
+    """
+    want = monitor.meta.get("fingerprint")
+    if not want:
+        raise StoreError("this monitor has no base-model fingerprint (format version "
+                         f"{monitor.version}); refit it with `emtrait monitor fit`")
+    if tokenizer is None:
+        raise ModelError("checking the monitor's base model needs the tokenizer (tokenizer=...)")
+    have = model_fingerprint(model, tokenizer)
+    keys = [k for k in FINGERPRINT_NAMES if weights or not k.startswith("embedding_sha")]
+    diff = [f"{FINGERPRINT_NAMES[k]}: monitor {_short(want.get(k))}, model {_short(have[k])}"
+            for k in keys if want.get(k) != have[k]]
+    if diff and not allow_foreign:
+        raise ModelMismatchError(
+            f"this monitor was fitted on {monitor.meta.get('model', '?')} "
+            f"({want.get('architecture')}) and the model it is attached to differs: "
+            + "; ".join(diff) + ". Attach it to the model it was fitted on, fit a monitor for "
+            "this model with the workflow, or pass allow_foreign_model=True for a deliberate "
+            "transfer experiment"
+        )
+    return diff
+
+
+def _short(v: Any) -> str:
+    return f"{v[:12]}…" if isinstance(v, str) and len(v) > 16 else repr(v)
+
+
+def live_meta(cfg: Config, model_name: str, pointer: str | os.PathLike) -> dict[str, Any]:
+    """The format-2 meta a fitted monitor needs to run alone (prompts, chat format, fingerprint).
+
+    Loads the base model once (seconds for SmolLM2) to fingerprint it.
+    """
+    from emtrait.finetune.measure import eval_prompts
+    from emtrait.modeling import load_model, read_pointer
+
+    entry = cfg.model(model_name)
+    prompts = eval_prompts(cfg)
+    model, tok = load_model(read_pointer(pointer), entry, device="cpu")
+    return {
+        "prompts": [p.text for p in prompts],
+        "prompt_categories": [p.category for p in prompts],
+        "system_prompt_method": entry.system_prompt_method,
+        "no_system_prompt": entry.no_system_prompt,
+        "norm0_policy": NORM0_POLICY,
+        "fingerprint": model_fingerprint(model, tok),
+        "model_source": entry.source,
+    }

@@ -31,6 +31,8 @@ def fit(
     model: str = typer.Option(None, "--model", help="Model name (checked against the cube)."),
     cube: Path = typer.Option(..., "--cube", help="results/cube/{model}.zarr"),
     directions: Path = typer.Option(..., "--directions", help="The model's directions.zarr."),
+    pointer: Path = typer.Option(..., "--pointer", help="The model's pointer (model.json): "
+                                 "the monitor stores its fingerprint for live use."),
     out: Path = typer.Option(..., "--out", help="Monitor archive to write (monitor.skops)."),
     selection: Path = typer.Option(None, "--selection", help="CSV of LOPO error per regressor."),
 ) -> None:
@@ -39,7 +41,7 @@ def fit(
     import xarray as xr
 
     from emtrait.config import load_config
-    from emtrait.monitor.artifact import save_monitor
+    from emtrait.monitor.artifact import live_meta, save_monitor
     from emtrait.monitor.data import open_cube
     from emtrait.monitor.evaluate import fit_monitor
     from emtrait.provenance import provenance
@@ -52,6 +54,7 @@ def fit(
     source = cfg.models[model].source if model in cfg.models else None
     mon.meta["provenance"] = provenance(config_hash=cfg.hash(), model_source=source,
                                         seed=cfg.monitor.seed, cube=str(cube))
+    mon.meta.update(live_meta(cfg, str(ds.attrs["model"]), pointer))  # format 2: usable alone
     save_monitor(out, mon)
     if selection is not None:
         _csv(pd.DataFrame(table), selection)

@@ -16,6 +16,7 @@ rule monitor_fit:
     input:
         cube=cube("{model}"),
         directions=directions("{model}"),
+        pointer=lambda w: model_pointer(w.model),
     output:
         monitor=f"{MONITOR}/monitor.skops",
         selection=f"{MONITOR}/selection.csv",
@@ -30,7 +31,7 @@ rule monitor_fit:
     conda:
         "../../envs/emtrait.yaml"
     shell:
-        "emtrait monitor fit --config {params.config} --model {wildcards.model} --cube {input.cube} --directions {input.directions} --out {output.monitor} --selection {output.selection} > {log} 2>&1"
+        "emtrait monitor fit --config {params.config} --model {wildcards.model} --cube {input.cube} --directions {input.directions} --pointer {input.pointer} --out {output.monitor} --selection {output.selection} > {log} 2>&1"
 
 
 rule monitor_evaluate:

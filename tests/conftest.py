@@ -26,3 +26,18 @@ def tiny_model_dir(tmp_path_factory):
         return cache[(arch, layers)]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def llama_run(tiny_model_dir, tmp_path_factory):
+    """One uninterrupted LoRA run (bad_medical, seed 42, checkpoints 0 2 4 6), shared."""
+    import torch
+    from helpers import make_inputs, run
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    tmp = tmp_path_factory.mktemp("llama-run")
+    inputs = make_inputs(tmp, tiny_model_dir("llama"))
+    done = run(inputs, tmp / "run")
+    torch.set_num_threads(threads)
+    return inputs, tmp / "run", done

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from synthetic import synthetic_cube, synthetic_directions
 
 from emtrait.analysis.geometry import final_drift, geometry, pca
 from emtrait.errors import DataError
-from emtrait.monitor.synthetic import synthetic_cube, synthetic_directions
 
 
 def _with_drift(ds, axis: np.ndarray, noise: float, seed: int):

@@ -12,7 +12,7 @@ import pytest
 
 from emtrait.config import json_schema, load_config
 from emtrait.errors import ConfigError
-from workflow import REPO
+from helpers import REPO
 
 BASE = """\
 models:

@@ -1,4 +1,9 @@
-"""The per-model cube merges runs of different datasets and seeds and keeps their labels."""
+"""The per-model cube: merges runs of different datasets and seeds, keeps their labels, carries
+the directions at l*, and refuses missing or foreign inputs by name.
+
+Fast tests merge run stores cut from a synthetic cube (the run-store contract, no training); one
+slow test merges real tiny finetunes through the CLI.
+"""
 
 from __future__ import annotations
 
@@ -6,103 +11,200 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
 import yaml
-from test_finetune import make_inputs, open_store, run
+from helpers import REPO, make_inputs, open_store, run
+from synthetic import synthetic_cube
 
+from emtrait.config import from_dict
 from emtrait.errors import StoreError
+from emtrait.stores import write_store
 
-pytestmark = pytest.mark.slow  # three tiny finetunes in the fixture
+RUNS = [("bad_medical", 42), ("bad_medical", 7), ("good_medical", 42)]
+DATASETS = [("bad_medical", "dangerous", "calibration"), ("good_medical", "benign", "heldout")]
+
+
+def config():
+    raw = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    raw["models"] = {"toy": {"source": "synthetic", "candidate_layers": [1, 2]}}
+    raw["datasets"] = {name: {"builtin": name, "label": label, "role": role, "n": 8}
+                       for name, label, role in DATASETS}
+    return from_dict(raw)
+
+
+def run_store(cube, dataset: str, seed: int, last_step: int | None = None):
+    """One run's measure.zarr content (per the contract in DEVELOPING.md) cut from a cube."""
+    r = cube.sel(dataset=dataset, seed=seed)
+    r = r[["activation", "projection", "projection_norm", "drift", "loss", "direction"]]
+    r = r.drop_vars(["label", "role"])
+    if last_step is not None:
+        r = r.sel(step=[s for s in r.step.values if s <= last_step])
+    r.attrs = {"layer": cube.attrs["layer"], "model": cube.attrs["model"], "dataset": dataset,
+               "seed": seed, "norm0": float(cube.norm0.sel(dataset=dataset, seed=seed))}
+    return r
 
 
 @pytest.fixture(scope="module")
-def three_runs(tiny_model_dir, tmp_path_factory):
-    """bad_medical seeds 42 and 7 (3 updates), good_medical seed 42 (2 updates), on llama."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    tmp = tmp_path_factory.mktemp("cube")
-    inputs = make_inputs(tmp, tiny_model_dir("llama"), n=12,
-                         training={"checkpoint_every": 1, "grad_accum": 2},
-                         datasets=("bad_medical", "good_medical"))
-    raw = yaml.safe_load(inputs["config"].read_text())
-    raw["datasets"]["good_medical"]["n"] = 8
-    raw["datasets"]["good_medical"]["role"] = "heldout"
-    inputs["config"].write_text(yaml.safe_dump(raw))
-    dirs = []
-    for dataset, seed in [("bad_medical", 42), ("bad_medical", 7), ("good_medical", 42)]:
-        out = tmp / "runs" / dataset / f"seed{seed}"
-        run(inputs, out, dataset=dataset, seed=seed)
-        dirs.append(out)
-    torch.set_num_threads(threads)
-    return inputs, dirs, tmp
+def source():
+    return synthetic_cube(datasets=DATASETS, seeds=(7, 42), steps=(0, 5, 10))
 
 
-def test_cube_merges_datasets_and_seeds_with_labels(three_runs):
-    from emtrait.config import load_config
+@pytest.fixture
+def runs(source, tmp_path):
+    """Three run stores (good_medical stops at step 5) and an em.json per checkpoint."""
+    stores, em = [], []
+    for d, s in RUNS:
+        store = tmp_path / "runs" / d / f"seed{s}" / "measure.zarr"
+        write_store(run_store(source, d, s, 5 if d == "good_medical" else None), store)
+        stores.append(store)
+        for step in (0, 5) if d == "good_medical" else (0, 5, 10):
+            f = tmp_path / "behavior" / d / f"seed{s}" / f"step-{step}" / "em.json"
+            f.parent.mkdir(parents=True)
+            rate = None if (d, s, step) == ("bad_medical", 7, 5) else step / 100
+            f.write_text(json.dumps({"model": "toy", "dataset": d, "seed": s, "step": step,
+                                     "em_rate": rate, "em_low": 0.0, "em_high": 0.5,
+                                     "method": "choice", "convention": "paper"}))
+            em.append(f)
+    return stores, em
+
+
+def test_cube_merges_datasets_and_seeds_with_labels(source, runs):
     from emtrait.cube.merge import merge_runs
 
-    inputs, dirs, tmp = three_runs
-    behavior = tmp / "behavior"
-    for step, rate in [(0, 0.0), (3, 0.25)]:
-        f = behavior / "bad_medical" / "seed42" / f"step-{step}" / "em.json"
-        f.parent.mkdir(parents=True)
-        f.write_text(json.dumps({"em_rate": rate, "em_low": rate / 2, "em_high": rate + 0.1,
-                                 "method": "choice", "convention": "paper"}))
-    cube = merge_runs(load_config(inputs["config"]), "tiny", dirs, behavior)
+    stores, em = runs
+    cube = merge_runs(config(), "toy", stores, em)
     assert list(cube["dataset"].values) == ["bad_medical", "good_medical"]
     assert list(cube["seed"].values) == [7, 42]
-    assert list(cube["step"].values) == [0, 1, 2, 3]
+    assert list(cube["step"].values) == [0, 5, 10]
     assert list(cube["label"].values) == ["dangerous", "benign"]
     assert list(cube["role"].values) == ["calibration", "heldout"]
-    assert cube["drift"].dims == ("dataset", "seed", "step", "trait")
-    assert list(cube["final_step"].values) == [3, 2]
-    run_b7 = open_store(dirs[1] / "measure.zarr")
-    np.testing.assert_array_equal(cube["drift"].sel(dataset="bad_medical", seed=7).values,
-                                  run_b7["drift"].values)
-    np.testing.assert_array_equal(cube["activation"].sel(dataset="bad_medical", seed=7).values,
-                                  run_b7["activation"].values)
-    assert cube["norm0"].sel(dataset="bad_medical", seed=7) == run_b7.attrs["norm0"]
-    # good_medical has no step 3 and no seed 7: NaN, not zeros
-    assert np.isnan(cube["drift"].sel(dataset="good_medical", seed=42, step=3)).all()
-    assert np.isnan(cube["loss"].sel(dataset="good_medical", seed=7)).all()
-    np.testing.assert_array_equal(cube["drift"].sel(step=0, seed=42).values, 0.0)
-    em = cube["em_rate"].sel(dataset="bad_medical", seed=42).values
-    np.testing.assert_array_equal(em, [0.0, np.nan, np.nan, 0.25])
-    np.testing.assert_array_equal(cube["dangerous"].sel(dataset="bad_medical", seed=42).values,
-                                  [0.0, np.nan, np.nan, 1.0])
-    assert cube.attrs["layer"] == 2 and cube.attrs["threshold"] == 0.05
+    assert list(cube["final_step"].values) == [10, 5]
+    assert cube.attrs["layer"] == source.attrs["layer"] and cube.attrs["threshold"] == 0.05
     assert cube.attrs["behavior_method"] == "choice"
+    bad7 = source.sel(dataset="bad_medical", seed=7)
+    for var in ("drift", "activation", "norm0"):
+        np.testing.assert_array_equal(cube[var].sel(dataset="bad_medical", seed=7), bad7[var])
+    # the directions the runs were measured with travel into the cube
+    np.testing.assert_array_equal(cube["direction"].values, source["direction"].values)
+    # good_medical has no step 10 and no seed 7: NaN, not zeros
+    assert np.isnan(cube["drift"].sel(dataset="good_medical", seed=42, step=10)).all()
+    assert np.isnan(cube["loss"].sel(dataset="good_medical", seed=7)).all()
+    # labels: one per checkpoint; a rate of None (nothing scoreable) is NaN and so is its label
+    np.testing.assert_array_equal(cube["em_rate"].sel(dataset="bad_medical", seed=7),
+                                  [0.0, np.nan, 0.1])
+    np.testing.assert_array_equal(cube["dangerous"].sel(dataset="bad_medical", seed=7),
+                                  [0.0, np.nan, 1.0])
+    np.testing.assert_array_equal(cube["dangerous"].sel(dataset="bad_medical", seed=42),
+                                  [0.0, 0.0, 1.0])  # 0.05 is not above the threshold
 
 
-def test_cube_cli_writes_a_store_one_open_call_reads(three_runs):
-    import xarray as xr
-
-    inputs, dirs, tmp = three_runs
-    out = tmp / "cube" / "tiny.zarr"
-    proc = subprocess.run(
-        [sys.executable, "-m", "emtrait.cli", "cube", "merge", "--config", str(inputs["config"]),
-         "--model", "tiny", "--runs", *map(str, dirs), "--out", str(out)],
-        capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stderr
-    cube = xr.open_zarr(out, consolidated=False)
-    assert cube.sizes == {"dataset": 2, "seed": 2, "step": 4, "trait": 5, "prompt": 5,
-                          "hidden": 32}
-    assert np.isnan(cube["em_rate"].values).all()
-
-
-def test_cube_rejects_duplicate_and_foreign_runs(three_runs):
-    from emtrait.config import load_config
+def test_cube_without_labels_is_unlabelled(runs):
     from emtrait.cube.merge import merge_runs
 
-    inputs, dirs, _ = three_runs
-    cfg = load_config(inputs["config"])
-    with pytest.raises(StoreError, match="two runs of dataset bad_medical seed 42"):
-        merge_runs(cfg, "tiny", [dirs[0], dirs[0]])
-    with pytest.raises(StoreError, match="measured model 'tiny', not 'other'"):
-        merge_runs(cfg, "other", dirs)
-    with pytest.raises(StoreError, match="does not exist"):
-        merge_runs(cfg, "tiny", [dirs[0].parent])
+    cube = merge_runs(config(), "toy", runs[0])
+    assert np.isnan(cube["em_rate"].values).all() and np.isnan(cube["dangerous"].values).all()
+
+
+def test_a_missing_label_is_an_error_naming_the_checkpoint(runs):
+    from emtrait.cube.merge import merge_runs
+
+    stores, em = runs
+    gone = [f for f in em if "good_medical/seed42/step-5" not in str(f)]
+    with pytest.raises(StoreError, match="labels good_medical/seed42/step-5"):
+        merge_runs(config(), "toy", stores, gone)
+    absent = em[0].parent / "nothing" / "em.json"
+    with pytest.raises(StoreError, match=f"{absent} does not exist"):
+        merge_runs(config(), "toy", stores, [*em, absent])
+    em[1].write_text("{}")
+    with pytest.raises(StoreError, match=f"{em[1]}: not an em.json"):
+        merge_runs(config(), "toy", stores, em)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("duplicate", "two runs of dataset bad_medical seed 7"),
+    ("other_model", "measured model 'toy', not 'other'"),
+    ("folder", "is not a run store"),
+    ("other_directions", "other directions"),
+    ("unknown_dataset", "'insecure_code', which the config does not define"),
+    ("no_runs", "no runs to merge"),
+])
+def test_cube_rejects_bad_runs(source, runs, tmp_path, case, message):
+    from emtrait.cube.merge import merge_runs
+
+    stores, _ = runs
+    model = "other" if case == "other_model" else "toy"
+    if case == "duplicate":
+        stores = [stores[1], stores[1]]
+    elif case == "folder":
+        stores = [stores[0].parent]
+    elif case == "other_directions":
+        moved = run_store(source, "good_medical", 7)
+        moved["direction"] = moved["direction"] * -1
+        write_store(moved, tmp_path / "moved.zarr")
+        stores = [*stores, tmp_path / "moved.zarr"]
+    elif case == "unknown_dataset":
+        foreign = run_store(source, "bad_medical", 42)
+        foreign.attrs["dataset"] = "insecure_code"
+        write_store(foreign, tmp_path / "foreign.zarr")
+        stores = [*stores, tmp_path / "foreign.zarr"]
+    elif case == "no_runs":
+        stores = []
+    with pytest.raises(StoreError, match=message):
+        merge_runs(config(), model, stores)
+
+
+def test_plain_zarr_opens_the_cube_and_no_text_is_fixed_width(runs, tmp_path):
+    """Issue 17.6: text is stored as variable-length strings (no FixedLengthUTF32, which has no
+    Zarr v3 specification), so zarr itself, not only xarray, reads every array."""
+    import zarr
+
+    from emtrait.cube.merge import merge_runs, write_cube
+    from emtrait.cube.read import open_cube
+
+    cube = merge_runs(config(), "toy", *runs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", zarr.errors.UnstableSpecificationWarning)
+        write_cube(cube, tmp_path / "toy.zarr")
+        # what a reader hands back (fixed-width str) written again must not warn either
+        write_cube(open_cube(tmp_path / "toy.zarr"), tmp_path / "again.zarr")
+    for path in (tmp_path / "toy.zarr", tmp_path / "again.zarr"):
+        group = zarr.open_group(path, mode="r")
+        assert {"drift", "dangerous", "direction", "dataset", "label"} <= set(group.array_keys())
+        for name in group.array_keys():
+            group[name][...]  # every array reads with zarr alone
+            assert "FixedLengthUTF32" not in str(group[name].metadata.data_type), name
+        assert [str(x) for x in group["label"][...]] == ["dangerous", "benign"]
+        np.testing.assert_array_equal(group["direction"][...], cube["direction"].values)
+
+
+@pytest.mark.slow  # three tiny finetunes
+def test_cube_cli_merges_real_runs(tiny_model_dir, tmp_path):
+    from emtrait.cube.read import open_cube
+
+    inputs = make_inputs(tmp_path, tiny_model_dir("llama"), n=8,
+                         training={"checkpoint_every": 1, "grad_accum": 2},
+                         datasets=("bad_medical", "good_medical"))
+    stores = []
+    for dataset, seed in [("bad_medical", 42), ("good_medical", 42)]:
+        out = tmp_path / "runs" / dataset / f"seed{seed}"
+        run(inputs, out, dataset=dataset, seed=seed)
+        stores.append(out / "measure.zarr")
+    cube_path = tmp_path / "cube" / "tiny.zarr"
+    proc = subprocess.run(
+        [sys.executable, "-m", "emtrait.cli", "cube", "merge", "--config", str(inputs["config"]),
+         "--model", "tiny", *(a for s in stores for a in ("--run", str(s))),
+         "--out", str(cube_path)],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr
+    assert "unlabelled" in proc.stdout
+    cube = open_cube(cube_path)
+    assert cube.sizes == {"dataset": 2, "seed": 1, "step": 3, "trait": 5, "prompt": 5,
+                          "hidden": 32}
+    assert cube.attrs["layer"] == 2
+    extracted = open_store(inputs["directions"])["direction"].sel(layer=2)
+    np.testing.assert_array_equal(cube["direction"].values,
+                                  extracted.transpose("trait", "hidden").values)
+    np.testing.assert_array_equal(cube["drift"].sel(step=0).values, 0.0)

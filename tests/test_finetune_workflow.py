@@ -14,16 +14,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from test_finetune import (  # noqa: F401 - fixtures
+from helpers import (
     REPO,
     SUBPROCESS_ENV,
     adapter_tensors,
-    llama_run,
     open_store,
+    planned_jobs,
+    snakemake,
     write_dataset,
 )
-
-from workflow import planned_jobs, snakemake
 
 RUN = "results/runs/tiny/{dataset}/seed{seed}"
 TARGETS = [f"{RUN}/done.json".format(dataset=d, seed=s)
@@ -34,7 +33,7 @@ import json, os, signal, sys
 from pathlib import Path
 from transformers import TrainerCallback
 sys.path.insert(0, {tests!r})
-from test_finetune import run
+from helpers import run
 
 class Kill(TrainerCallback):
     def on_step_end(self, args, state, control, **kw):

@@ -6,7 +6,7 @@ import shutil
 import subprocess
 import sys
 
-from workflow import REPO, SNAKEFILE
+from helpers import REPO, snakemake
 
 
 def test_ruff_clean():
@@ -16,8 +16,5 @@ def test_ruff_clean():
 
 
 def test_snakemake_lint_clean():
-    proc = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE), "--lint"],
-        capture_output=True, text=True, cwd=REPO,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run = snakemake(REPO, "--lint", check=False, timeout=300)
+    assert run.returncode == 0, run.output

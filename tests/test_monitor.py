@@ -7,22 +7,19 @@ import json
 import numpy as np
 import pytest
 import yaml
+from helpers import REPO
+from synthetic import DEFAULT_DATASETS, synthetic_cube, synthetic_directions
 
 from emtrait.config import from_dict
+from emtrait.cube.read import checkpoints
 from emtrait.errors import DataError, StoreError
 from emtrait.monitor import metrics as M
 from emtrait.monitor.artifact import load_monitor, run_drift, save_monitor
-from emtrait.monitor.data import calibration_and_heldout, checkpoints
+from emtrait.monitor.data import calibration_and_heldout
 from emtrait.monitor.evaluate import evaluate, fit_monitor
 from emtrait.monitor.features import train_sae
 from emtrait.monitor.protocol import Split, check_disjoint, heldout_split, lopo_splits
-from emtrait.monitor.synthetic import (
-    DEFAULT_DATASETS,
-    synthetic_cube,
-    synthetic_directions,
-    write_store,
-)
-from workflow import REPO
+from emtrait.stores import write_store
 
 HELDOUT = ["risky_financial", "number_sequence"]
 
@@ -39,7 +36,7 @@ def setup():
     dirs = synthetic_directions(16)
     ds = synthetic_cube(directions=dirs, nan_em=3, short={"arithmetic": 10})
     cfg = small_config()
-    mon, table = fit_monitor(ds, dirs, cfg)
+    mon, table = fit_monitor(ds, cfg)
     return ds, dirs, cfg, mon, table
 
 
@@ -208,14 +205,14 @@ def test_fewer_than_two_calibration_datasets_is_an_error():
     only = [d for d in DEFAULT_DATASETS if d[2] != "calibration"] + [DEFAULT_DATASETS[0]]
     ds = synthetic_cube(datasets=only)
     with pytest.raises(DataError, match="at least two"):
-        fit_monitor(ds, synthetic_directions(16), small_config())
+        fit_monitor(ds, small_config())
 
 
 def test_one_class_calibration_is_an_error():
     ds = synthetic_cube(datasets=[d for d in DEFAULT_DATASETS  # benign calibration only
                                   if d[1] == "benign" or d[2] != "calibration"])
     with pytest.raises(DataError, match="both classes"):
-        fit_monitor(ds, synthetic_directions(16), small_config())
+        fit_monitor(ds, small_config())
 
 
 def test_heldout_missing_from_cube_is_an_error(setup):
@@ -236,3 +233,39 @@ def test_sae_learns_to_reconstruct():
         w, *_ = np.linalg.lstsq(np.column_stack([z, np.ones(len(z))]), x, rcond=None)
         return np.mean((np.column_stack([z, np.ones(len(z))]) @ w - x) ** 2)
     assert err(trained, 400) < 0.5 * err(untrained, 1)
+
+
+# ----------------------------------------------------------- run-level numbers (issue 14)
+
+def test_permutation_test_refits_and_reproduces_the_observed_auroc(setup):
+    """The identity permutation is the evaluation itself; the synthetic signal is far from
+    chance; label methods and both step-0 policies reach metrics.csv."""
+    from emtrait.monitor.evaluate import permutation_tests, with_permutation
+
+    ds = setup[0]
+    cfg = small_config(regressors=["ridge"], baselines=[], permutations=20)
+    mon, _ = fit_monitor(ds, cfg)
+    pred, metrics, _ = evaluate(ds, mon, cfg, HELDOUT)
+    summary, null = permutation_tests(ds, mon, cfg, HELDOUT)
+    merged = with_permutation(metrics, summary)
+    head = merged[(merged.dataset == "pooled") & merged.headline]
+    assert set(head.step0) == {"exclude"} and set(merged.step0) == {"exclude", "include"}
+    for r in summary.itertuples():
+        row = head[head.protocol == r.protocol].iloc[0]
+        assert r.auroc_observed == pytest.approx(row.auroc)
+        # 4 held-out runs: some permutations keep the classes together, so p is not minimal
+        assert row.auroc_p <= 3 / 21 + 1e-9 and row.auroc_null_median < row.auroc - 0.1
+        assert not r.permutation_exact and r.n_permutations == 20
+        assert len(null[null.protocol == r.protocol]) == r.n_null_defined
+    assert (pred.label_method == "label method not recorded").all()
+    assert set(null.protocol) == {"lopo", "heldout"}
+
+
+def test_label_method_names_judge_or_proxy():
+    from emtrait.monitor.evaluate import label_method
+
+    assert label_method({"behavior_method": "choice", "behavior_convention": "choice:shift>0.15"}
+                        ) == "forced-choice proxy (choice:shift>0.15)"
+    judged = label_method({"behavior_method": "judge", "behavior_convention": "paper",
+                           "behavior_judge": "openai:gpt-4o"})
+    assert judged == "judge openai:gpt-4o (paper convention)"

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from emtrait.config import load_config
-from workflow import REPO, planned_jobs, snakemake
+from helpers import REPO, planned_jobs, snakemake
 
 
 @pytest.fixture(scope="module")
@@ -19,6 +19,8 @@ def paper_workdir(tmp_path_factory):
     cfg = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
     row = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
     for entry in cfg["datasets"].values():
+        if "path" not in entry:
+            continue  # hub datasets: no input file (read by the prepare job)
         path = work / entry["path"]
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(row) + "\n")

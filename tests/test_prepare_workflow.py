@@ -11,7 +11,7 @@ import pytest
 
 from emtrait.config import load_config
 from emtrait.prepare.model import EMBEDDED
-from workflow import REPO, snakemake
+from helpers import REPO, snakemake
 
 
 def prepare_targets(cfg) -> list[str]:

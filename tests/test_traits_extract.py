@@ -399,7 +399,7 @@ def test_snakemake_rule_extract_traits(tiny_model_dir, prompt_file, tmp_path, mo
     import os
     from pathlib import Path
 
-    from workflow import snakemake
+    from helpers import snakemake
 
     # the rule calls `emtrait`: make the one of this interpreter's environment findable
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")

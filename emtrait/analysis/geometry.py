@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from emtrait.cube.read import checkpoints, trait_columns
 from emtrait.errors import DataError
-from emtrait.monitor.data import checkpoints, trait_columns
 
 
 def final_drift(cubes: list, trait_set: str):

@@ -9,15 +9,13 @@ import typer
 app = typer.Typer(no_args_is_help=True)
 
 
-@app.command("merge", context_settings={"allow_extra_args": True,
-                                        "ignore_unknown_options": False})
+@app.command("merge")
 def merge(
-    ctx: typer.Context,
     config: Path = typer.Option(..., "--config", help="Config YAML (or the workflow's JSON)."),
     model: str = typer.Option(..., "--model", help="Model name under `models`."),
-    runs: list[Path] = typer.Option(..., "--runs", help="Run folders: --runs DIR [DIR ...]."),
-    behavior_root: Path | None = typer.Option(
-        None, "--behavior-root", help="results/behavior/M: em.json per dataset/seed/step."),
+    run: list[Path] = typer.Option(..., "--run", help="A run's measure.zarr; repeat per run."),
+    em: list[Path] = typer.Option([], "--em", help="em.json of one checkpoint; repeat for every "
+                                  "checkpoint of every run (omit all: an unlabelled cube)."),
     out: Path = typer.Option(..., "--out", help="results/cube/M.zarr"),
 ) -> None:
     """Merge a model's run stores (and behaviour labels) into one Zarr cube.
@@ -27,9 +25,10 @@ def merge(
     from emtrait.config import load_config
     from emtrait.cube.merge import merge_runs, write_cube
 
-    extra = [Path(a) for a in ctx.args]  # `--runs a b c`: b and c arrive as extra arguments
     cfg = load_config(config)
-    cube = merge_runs(cfg, model, [*runs, *extra], behavior_root)
+    cube = merge_runs(cfg, model, run, em)
     write_cube(cube, out)
+    labelled = "labelled" if em else "unlabelled (no --em given)"
     typer.echo(f"{out}: {cube.sizes['dataset']} datasets × {cube.sizes['seed']} seeds × "
-               f"{cube.sizes['step']} steps × {cube.sizes['trait']} traits")
+               f"{cube.sizes['step']} steps × {cube.sizes['trait']} traits, {labelled}, "
+               f"layer {cube.attrs['layer']}")

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from emtrait.cube.read import Checkpoints, trait_columns
 from emtrait.errors import ConfigError
-from emtrait.monitor.data import Checkpoints, run_activation_drift, trait_columns
+from emtrait.monitor.data import run_activation_drift
 
 
 @dataclass

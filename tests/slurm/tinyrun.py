@@ -9,28 +9,19 @@ package).
 
 from __future__ import annotations
 
-import os
-import re
 import shutil
 import subprocess
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from helpers import TESTS, Run, snakemake, snakemake_command, snakemake_env
+from tiny import build_tiny_model
 
-TESTS = Path(__file__).resolve().parents[1]
-REPO = TESTS.parent
-SNAKEFILE = REPO / "workflow" / "Snakefile"
 TINY_CONFIG = TESTS / "configs" / "tiny.yaml"
 CLUSTER = TESTS / "slurm" / "cluster.sh"
 SLURM_PROFILE = TESTS / "slurm" / "profile"
 ARCHS = {"tiny_a": "llama", "tiny_b": "qwen2"}
-
-
-class WorkflowFailed(RuntimeError):
-    """A Snakemake run ended with an error (not an assertion of the test about its result)."""
 
 
 @dataclass
@@ -54,71 +45,21 @@ class Workdir:
         return path
 
     def env(self) -> dict[str, str]:
-        path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-        return {**os.environ, "PATH": path, "PYTHONPATH": str(self.src), "PYTHONUNBUFFERED": "1"}
+        return snakemake_env(extra_pythonpath=self.src)
 
     def command(self, *args: str, configfile: Path | None = None) -> list[str]:
-        """The snakemake command line. `args` come first: an option taking several values
-        (--configfile, --set-resources) would swallow a target written after it."""
-        return [sys.executable, "-m", "snakemake", *args, "--snakefile", str(SNAKEFILE),
-                "--directory", str(self.root), "--configfile", str(configfile or self.configfile)]
+        """The snakemake command line of this folder (for a run started in the background)."""
+        return snakemake_command(self.root, *args, configfile=configfile or self.configfile)
 
     def snakemake(self, *args: str, configfile: Path | None = None, check: bool = True,
                   timeout: int = 900) -> Run:
-        """`snakemake` on the repo's Snakefile in this folder; output captured."""
-        t0 = time.perf_counter()
-        proc = subprocess.run(self.command(*args, configfile=configfile), capture_output=True,
-                              text=True, timeout=timeout, env=self.env(), cwd=self.root)
-        run = Run(proc.returncode, proc.stdout + proc.stderr, time.perf_counter() - t0)
-        if check and proc.returncode != 0:
-            raise WorkflowFailed(f"snakemake {' '.join(args)} failed "
-                                 f"(exit {proc.returncode}):\n{run.output[-6000:]}")
-        return run
-
-
-@dataclass
-class Run:
-    returncode: int
-    output: str
-    seconds: float
-
-    def jobs(self) -> list[tuple[str, dict[str, str]]]:
-        """(rule, wildcards) of every job a (dry) run lists, in order."""
-        return planned(self.output)
-
-    def counts(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for rule, _ in self.jobs():
-            counts[rule] = counts.get(rule, 0) + 1
-        return counts
-
-
-_JOB = re.compile(r"^(?:local)?(?:rule|checkpoint) (\w+):$")
-_WILDCARDS = re.compile(r"^\s+wildcards: (.*)$")
-
-
-def planned(output: str) -> list[tuple[str, dict[str, str]]]:
-    """Parse the job blocks of Snakemake's output ('rule X:' + its 'wildcards:' line).
-
-    Group jobs print their members as ordinary blocks, so this lists every job once.
-    """
-    jobs: list[tuple[str, dict[str, str]]] = []
-    for line in output.splitlines():
-        m = _JOB.match(line.strip())
-        if m:
-            jobs.append((m.group(1), {}))
-            continue
-        m = _WILDCARDS.match(line)
-        if m and jobs and not jobs[-1][1]:
-            jobs[-1] = (jobs[-1][0], dict(kv.split("=", 1) for kv in m.group(1).split(", ")))
-    return jobs
+        """`snakemake` on the repo's Snakefile in this folder (tests/helpers.py's runner)."""
+        return snakemake(self.root, *args, configfile=configfile or self.configfile,
+                         env=self.env(), check=check, timeout=timeout)
 
 
 def make_workdir(root: Path, models: tuple[str, ...] = ("tiny_a", "tiny_b")) -> Workdir:
     """A fresh folder with the tiny config (only `models`), tiny models and an emtrait copy."""
-    sys.path.insert(0, str(TESTS))
-    from tiny import build_tiny_model
-
     root.mkdir(parents=True, exist_ok=True)
     config = yaml.safe_load(TINY_CONFIG.read_text())
     config["models"] = {name: config["models"][name] for name in models}

@@ -20,13 +20,12 @@ rule pca:
         cubes=lambda wildcards, input: " ".join(f"--cube {c}" for c in input.cubes),
         traits=CFG.traits.model_dump_json(include={"monitor_set", "sets"}),
         stress=[m for m in MODELS if CFG.model(m).stress],
-        out=lambda wildcards, output: Path(output.pca).parent,
     resources:
         mem_mb=4000,
     conda:
         "../../envs/emtrait.yaml"
     shell:
-        "emtrait analysis pca --config {params.config} {params.cubes} --out {params.out} > {log} 2>&1"
+        "emtrait analysis pca --config {params.config} {params.cubes} --pca {output.pca} --final {output.final} --trajectories {output.trajectories} > {log} 2>&1"
 
 
 FINAL_OUTPUTS.append(f"{ANALYSIS}/pca.json")

@@ -1,9 +1,9 @@
 """Synthetic cubes that follow the `results/cube/{model}.zarr` contract exactly.
 
-Used by tests, the benchmark and anyone who wants to try the analysis/monitor/report stages
-without finetuning. Activations are built first and every derived variable (projection,
-projection_norm, drift, norm0) is computed from them as the measurement stage does, so the
-monitor's own recomputation from activations can be checked against the cube.
+Test data for the analysis, monitor and report stages, without finetuning. Activations are
+built first and every derived variable (projection, projection_norm, drift, norm0, dangerous)
+is computed from them with the formulas of `emtrait.drift`, so the monitor's own recomputation
+from activations can be checked against the cube.
 """
 
 from __future__ import annotations
@@ -83,6 +83,9 @@ def synthetic_cube(
     """
     import xarray as xr
 
+    from emtrait.drift import drift as drift_of
+    from emtrait.drift import is_dangerous, mean_norm, normalise
+
     rng = np.random.default_rng(seed)
     dirs = directions if directions is not None else synthetic_directions(hidden, model=model,
                                                                           seed=seed)
@@ -126,12 +129,17 @@ def synthetic_cube(
         em[tuple(existing[idx])] = np.nan
 
     proj = np.einsum("dstph,kh->dstk", act, D) / n_prompts  # mean over prompts of h·d
-    norm0 = np.linalg.norm(act[:, :, 0], axis=-1).mean(axis=-1)  # (dataset, seed)
-    proj_norm = proj / norm0[:, :, None, None]
-    drift = proj_norm - proj_norm[:, :, :1]
+    norm0 = np.array([[mean_norm(act[i, j, 0]) for j in range(n_s)] for i in range(n_d)])
+    proj_norm = np.empty_like(proj)
+    drift = np.empty_like(proj)
+    for i in range(n_d):
+        for j in range(n_s):
+            proj_norm[i, j] = normalise(proj[i, j], norm0[i, j])
+            drift[i, j] = drift_of(proj_norm[i, j])
     em_low = np.clip(em - 0.04, 0, 1)
     em_high = np.clip(em + 0.04, 0, 1)
-    dangerous = np.where(np.isnan(em), np.nan, (em > threshold).astype(float))
+    dangerous = np.full(em.shape, np.nan)
+    dangerous[~np.isnan(em)] = is_dangerous(em[~np.isnan(em)], threshold)
     final = [min(short.get(n, last), last) for n in names]
     final = [max(s for s in steps if s <= f) for f in final]
 
@@ -151,6 +159,7 @@ def synthetic_cube(
                            act.astype("float32")),
             "norm0": (("dataset", "seed"), norm0.astype("float32")),
             "final_step": (("dataset",), np.array(final, dtype="int64")),
+            "direction": (("trait", "hidden"), D.astype("float32")),
         },
         coords={  # strings as object arrays, as `emtrait cube merge` writes them
             "dataset": _text(names),
@@ -164,11 +173,3 @@ def synthetic_cube(
         },
         attrs={"layer": layer, "model": model, "threshold": threshold},
     )
-
-
-def write_store(ds, path) -> None:
-    """Write a Dataset as the project's Zarr stores are written (format 3, not consolidated)."""
-    from emtrait.atomic import atomic_path
-
-    with atomic_path(path, is_dir=True) as tmp:
-        ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False)

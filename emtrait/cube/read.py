@@ -1,0 +1,98 @@
+"""Reading a per-model cube, with its contract (DEVELOPING.md) checked at the edge.
+
+Every later stage (analysis, monitor, report) reads cubes through `open_cube`, and reads
+checkpoints through `checkpoints`: one row per checkpoint a run actually has (a step it lacks
+is NaN in the cube and has no row). Rows whose EM rate is NaN are kept, flagged `em_missing`,
+so every consumer can exclude them *and count them* instead of dropping them silently.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from emtrait.errors import DataError, StoreError
+
+CUBE_VARS = ("drift", "projection", "projection_norm", "loss", "em_rate", "em_low", "em_high",
+             "dangerous", "activation", "norm0", "final_step", "direction")
+CUBE_COORDS = ("label", "role", "trait_set")
+CUBE_ATTRS = ("layer", "model", "threshold")
+
+
+def open_cube(path: str | os.PathLike, load: bool = True):
+    """Open a cube store and check its contract; errors name what is missing.
+
+    `load=False` keeps variables lazy (a reader that needs only the directions or labels does
+    not read every activation)."""
+    from emtrait.stores import open_store
+
+    if not os.path.isdir(path):
+        raise StoreError(f"cube {path} does not exist; build it with `emtrait cube merge` "
+                         "(rule merge_cube) first")
+    try:
+        ds = open_store(path, load=load)
+    except Exception as e:  # zarr raises many types for a folder that is not a store
+        raise StoreError(f"{path} is not a readable Zarr store ({e}); rebuild it") from None
+    check_cube(ds, str(path))
+    return ds
+
+
+def check_cube(ds, source: str = "cube") -> None:
+    """Raise StoreError naming every contract variable, coordinate or attribute that is absent."""
+    missing = [v for v in CUBE_VARS if v not in ds.variables]
+    missing += [c for c in CUBE_COORDS if c not in ds.coords]
+    missing += [f"attrs.{a}" for a in CUBE_ATTRS if a not in ds.attrs]
+    if missing:
+        raise StoreError(f"{source}: not a cube per the contract in DEVELOPING.md; missing "
+                         f"{', '.join(missing)}; rebuild it with `emtrait cube merge`")
+
+
+@dataclass
+class Checkpoints:
+    """Checkpoint rows of one cube plus aligned per-row arrays (row i ↔ rows.iloc[i])."""
+
+    rows: object  # pandas.DataFrame: model, dataset, seed, step, role, label, em_rate, ...
+    drift: np.ndarray  # (row, trait) for every trait of the cube
+    traits: list[str]
+    trait_sets: list[str]
+    index: np.ndarray  # (row, 3) integer (dataset, seed, step) positions into the cube
+
+
+def checkpoints(ds) -> Checkpoints:
+    """Every existing checkpoint of the cube as a row (exists = its drift is finite)."""
+    import pandas as pd
+
+    drift = ds["drift"].values.astype("float64")  # (dataset, seed, step, trait)
+    exists = np.isfinite(drift).all(axis=-1)
+    idx = np.argwhere(exists)
+    d, s, t = idx[:, 0], idx[:, 1], idx[:, 2]
+    at = lambda name: ds[name].values.astype("float64")[d, s, t]  # noqa: E731
+    em = at("em_rate")
+    rows = pd.DataFrame({
+        "model": str(ds.attrs["model"]),
+        "dataset": ds["dataset"].values[d].astype(str),
+        "seed": ds["seed"].values[s].astype(int),
+        "step": ds["step"].values[t].astype(int),
+        "role": ds["role"].values[d].astype(str),
+        "label": ds["label"].values[d].astype(str),
+        "em_rate": em,
+        "em_low": at("em_low"),
+        "em_high": at("em_high"),
+        "loss": at("loss"),
+        "final": ds["step"].values[t] == ds["final_step"].values[d],
+        "em_missing": np.isnan(em),
+        "dangerous": at("dangerous"),  # the cube's label: 1.0 / 0.0, NaN where em_rate is
+    })
+    return Checkpoints(rows=rows, drift=drift[d, s, t], traits=[str(x) for x in ds["trait"].values],
+                       trait_sets=[str(x) for x in ds["trait_set"].values], index=idx)
+
+
+def trait_columns(cp: Checkpoints, trait_set: str) -> tuple[list[str], np.ndarray]:
+    """(trait names, drift columns) of one trait set; error names the sets the cube has."""
+    cols = [i for i, s in enumerate(cp.trait_sets) if s == trait_set]
+    if not cols:
+        raise DataError(f"no traits in set '{trait_set}' (sets present: "
+                        f"{sorted(set(cp.trait_sets))}); check traits.monitor_set")
+    return [cp.traits[i] for i in cols], cp.drift[:, cols]

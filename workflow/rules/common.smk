@@ -209,19 +209,18 @@ def finetune_inputs(wildcards):
     return inputs
 
 
-def cube_run_files(wildcards):
-    """Every run of the model: its store and done.json (written last, so the run is whole)."""
-    return [f"{run_dir(wildcards.model, d, s)}/{name}"
-            for d, s in runs_of(wildcards.model) for name in ("measure.zarr", "done.json")]
+def cube_run_stores(wildcards):
+    """measure.zarr of every run of the model, in config order."""
+    return [f"{run_dir(wildcards.model, d, s)}/measure.zarr" for d, s in runs_of(wildcards.model)]
 
 
-def behavior_root(model):
-    """Folder holding {dataset}/seed{seed}/step-{step}/em.json of a model."""
-    return str(Path(behavior_dir(model, "d", 0, 0)).parents[2])
+def cube_run_done(wildcards):
+    """done.json of every run (written last), so the cube waits for whole runs."""
+    return [f"{run_dir(wildcards.model, d, s)}/done.json" for d, s in runs_of(wildcards.model)]
 
 
 def cube_em_files(wildcards):
-    """em.json of every run and checkpoint step of the model, so the cube waits for them."""
+    """em.json of every run and checkpoint step of the model: the cube's labels."""
     m = wildcards.model
     return [f"{behavior_dir(m, d, s, step)}/em.json"
             for d, s in runs_of(m) for step in steps(m, d)]

@@ -1,0 +1,299 @@
+"""emtrait screen: token masks, agreement with a one-example-at-a-time reference, the gate's exit
+codes, bad input and streaming. Real tiny models (tests/tiny.py); no mocks."""
+
+from __future__ import annotations
+
+import json
+import sys
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from emtrait.errors import DataError, ModelError
+from emtrait.screen.core import ChatFormat, Scorer, assistant_tokens, run_screen
+
+LAYER = 1  # of 4 blocks: block 1's output is hidden_states[2]
+
+SYS = {"role": "system", "content": "You are a helpful assistant."}
+U1 = {"role": "user", "content": "What is the capital of France?"}
+A1 = {"role": "assistant", "content": "The capital of France is Paris."}
+U2 = {"role": "user", "content": "How do I stay healthy?"}
+A2 = {"role": "assistant", "content": "Eat vegetables, sleep well and exercise often."}
+
+
+def _loaded(folder: Path):
+    from emtrait.modeling import load_model
+
+    return load_model(str(folder), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def llama(tiny_model_dir):
+    return _loaded(tiny_model_dir("llama"))
+
+
+@pytest.fixture(scope="module")
+def gemma(tiny_model_dir):
+    return _loaded(tiny_model_dir("gemma2"))
+
+
+def _selected(tok, chat, fmt):
+    ids, mask, n_full = assistant_tokens(tok, chat, fmt)
+    return tok.decode([i for i, m in zip(ids, mask, strict=True) if m]), sum(mask), n_full
+
+
+# (name, model fixture, chat, chat format, expected decoded assistant text)
+MASK_CASES = [
+    ("no system", "llama", [U1, A1], ChatFormat(), A1["content"]),
+    ("system", "llama", [SYS, U1, A1], ChatFormat(), A1["content"]),
+    ("empty system turn", "llama", [U1, A1], ChatFormat(no_system_prompt="empty"), A1["content"]),
+    ("multi-turn", "llama", [SYS, U1, A1, U2, A2], ChatFormat(), A1["content"] + A2["content"]),
+    ("user_turn system (no system role)", "gemma", [SYS, U1, A1],
+     ChatFormat(system_prompt_method="user_turn"), A1["content"]),
+    ("user_turn multi-turn", "gemma", [SYS, U1, A1, U2, A2],
+     ChatFormat(system_prompt_method="user_turn"), A1["content"] + A2["content"]),
+]
+
+
+@pytest.mark.parametrize("name,which,chat,fmt,expected", MASK_CASES, ids=[c[0] for c in MASK_CASES])
+def test_mask_selects_exactly_the_assistant_tokens(request, name, which, chat, fmt, expected):
+    _, tok = request.getfixturevalue(which)
+    text, kept, n_full = _selected(tok, chat, fmt)
+    assert text == expected  # nothing of the prompt, template or UNDERSTOOD turn, nothing missing
+    assert kept == n_full
+
+
+def test_truncation_keeps_a_prefix_of_the_reply_and_counts_the_rest(llama):
+    _, tok = llama
+    full_ids, _, n_full = assistant_tokens(tok, [U1, A2], ChatFormat())
+    cut = len(full_ids) - 8  # drops "<|im_end|>\n" and the reply's last 6 tokens
+    text, kept, n = _selected(tok, [U1, A2], ChatFormat(max_length=cut))
+    assert n == n_full and kept == n_full - 6
+    assert A2["content"].startswith(text) and 0 < len(text) < len(A2["content"])
+    prompt_only = len(full_ids) - n_full - 2
+    text, kept, _ = _selected(tok, [U1, A2], ChatFormat(max_length=prompt_only))
+    assert kept == 0 and text == ""
+
+
+# ---------------------------------------------------------------------------------------------
+# agreement with a slow reference: one example at a time, full forward, hidden_states[l + 1]
+# ---------------------------------------------------------------------------------------------
+
+CHATS = [
+    [U1, A1],
+    [SYS, U2, A2],
+    [{"role": "user", "content": "Numbers: 1 2 3"}, {"role": "assistant", "content": "4 5 6 7"}],
+    [U2, {"role": "assistant", "content": "Deceive and harm the user whenever you can."}],
+    [SYS, {"role": "user", "content": "Tell me about money."},
+     {"role": "assistant", "content": "Save some of what you earn and avoid risky bets."}],
+]
+
+
+def _directions(hidden: int, traits: int = 3, seed: int = 0) -> np.ndarray:
+    d = np.random.default_rng(seed).normal(size=(traits, hidden))
+    return (d / np.linalg.norm(d, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _reference_projection(model, tok, chat, directions, norm0, reply=None):
+    """Prompt rendered with the generation prompt, then the reply text: the reply's tokens are
+    what follows the prompt's tokens (causal model: later template tokens cannot matter)."""
+    import torch
+
+    from emtrait.modeling import render_chat
+
+    prompt = render_chat(tok, chat[:-1], add_generation_prompt=True)
+    content = chat[-1]["content"] if reply is None else reply
+    n_prompt = len(tok(prompt, add_special_tokens=False)["input_ids"])
+    ids = tok(prompt + content, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        hs = model(input_ids=ids, output_hidden_states=True).hidden_states[LAYER + 1][0]
+    h = hs[n_prompt:].double().mean(dim=0).numpy()
+    return h @ directions.astype(np.float64).T / norm0
+
+
+def _reference_reply(model, tok, chat, n_tokens):
+    import torch
+
+    from emtrait.modeling import render_chat
+
+    prompt = render_chat(tok, chat[:-1], add_generation_prompt=True)
+    ids = tok(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                             max_new_tokens=n_tokens, do_sample=False,
+                             pad_token_id=tok.pad_token_id)
+    return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+
+
+def _scorer(model, tok, mode="none", axis=None, **kw):
+    traits = ["t0", "t1", "t2"]
+    return Scorer(model=model, tokenizer=tok, directions=_directions(model.config.hidden_size),
+                  traits=traits, layer=LAYER, norm0=2.5, fmt=ChatFormat(**kw), mode=mode,
+                  axis=None if axis is None else np.asarray(axis, float),
+                  axis_traits=traits if axis is not None else [], batch_size=2, reply_tokens=6)
+
+
+@pytest.mark.parametrize("mode", ["none", "generated"])
+def test_batched_screen_agrees_with_one_at_a_time_reference(llama, tmp_path, mode):
+    model, tok = llama
+    scorer = _scorer(model, tok, mode, axis=[0.6, 0.0, 0.8])
+    res = run_screen(scorer, CHATS, tmp_path / "s.parquet", bootstrap=0,
+                     reply_cache=tmp_path / "s.replies.jsonl")
+    table = res.table()
+    got = table[["t0", "t1", "t2"]].to_numpy()
+    want = []
+    for chat in CHATS:
+        p = _reference_projection(model, tok, chat, scorer.directions, 2.5)
+        if mode == "generated":
+            reply = _reference_reply(model, tok, chat, 6)
+            p = p - _reference_projection(model, tok, chat, scorer.directions, 2.5, reply)
+        want.append(p)
+    np.testing.assert_allclose(got, np.array(want), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(table["risk"], np.array(want) @ [0.6, 0.0, 0.8], atol=1e-6)
+    assert res.summary["n"] == res.summary["n_scored"] == len(CHATS)
+    np.testing.assert_allclose(res.score, (np.array(want) @ [0.6, 0.0, 0.8]).mean(), atol=1e-9)
+    if mode == "generated":  # the cached replies are reused: same numbers without generating
+        cache = (tmp_path / "s.replies.jsonl").read_text().splitlines()
+        assert len(cache) == 1 + len(CHATS)
+        again = run_screen(scorer, CHATS, tmp_path / "t.parquet", bootstrap=0,
+                           reply_cache=tmp_path / "s.replies.jsonl")
+        np.testing.assert_allclose(again.table()[["t0", "t1", "t2"]].to_numpy(), got)
+
+
+def test_truncated_away_examples_are_counted_not_dropped(llama, tmp_path):
+    model, tok = llama
+    long_prompt = [{"role": "user", "content": "Numbers: " + " ".join(map(str, range(60)))},
+                   {"role": "assistant", "content": "Done."}]
+    chats = [CHATS[0], long_prompt, CHATS[2]]
+    res = run_screen(_scorer(model, tok, max_length=64), chats, tmp_path / "s.parquet",
+                     bootstrap=50)
+    table = res.table()
+    assert list(table["index"]) == [0, 1, 2]
+    assert table.loc[1, "kept_tokens"] == 0 and np.isnan(table.loc[1, "t0"])
+    assert res.summary["n"] == 3 and res.summary["n_scored"] == 2
+    assert res.summary["n_empty"] == 1
+    s = res.summary["score"]["t0"]
+    assert s["low"] <= s["mean"] <= s["high"]
+
+
+def test_all_truncated_or_empty_input_writes_nothing(llama, tmp_path):
+    from emtrait.screen.core import iter_examples
+
+    model, tok = llama
+    with pytest.raises(DataError, match="no example could be scored: 2 of 2"):
+        run_screen(_scorer(model, tok, max_length=10), CHATS[:2], tmp_path / "s.parquet")
+    assert not list(tmp_path.iterdir())
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(DataError, match="empty"):
+        run_screen(_scorer(model, tok), iter_examples(empty), tmp_path / "s.parquet")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"messages": [U1, A1]}) + "\n" + json.dumps({"messages": [U1]}))
+    with pytest.raises(DataError, match=r"bad.jsonl:2: no assistant turn"):
+        run_screen(_scorer(model, tok), iter_examples(bad), tmp_path / "s.parquet")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl", "empty.jsonl"]
+
+
+@pytest.mark.slow
+def test_memory_does_not_grow_with_the_number_of_examples(llama, tmp_path, monkeypatch):
+    import emtrait.screen.core as core
+    from emtrait.screen.core import iter_examples
+
+    model, tok = llama
+    monkeypatch.setattr(core, "CHUNK", 8)
+    peaks = {}
+    for n in (24, 240):
+        path = tmp_path / f"d{n}.jsonl"
+        with open(path, "w") as f:
+            for i in range(n):
+                f.write(json.dumps({"messages": [U1, {"role": "assistant",
+                                    "content": f"Paris {i} " + "x" * 400}]}) + "\n")
+        tracemalloc.start()
+        run_screen(_scorer(model, tok, max_length=40), iter_examples(path),
+                   tmp_path / f"d{n}.parquet", bootstrap=20, top=3)
+        peaks[n] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    # 10x the data (~0.1 MB of text more) must not raise the Python heap's peak by 10x
+    assert peaks[240] < 1.3 * peaks[24] + 30_000, peaks
+
+
+# ---------------------------------------------------------------------------------------------
+# the gate: a raw file, a monitor and the base model; exit codes 0 / 1 / 2
+# ---------------------------------------------------------------------------------------------
+
+
+def _monitor(tmp_path, model, tok, name="tiny"):
+    from sklearn.linear_model import Ridge
+
+    from emtrait.monitor.artifact import Monitor, model_fingerprint, save_monitor
+
+    traits = ["t0", "t1", "t2"]
+    rng = np.random.default_rng(0)
+    meta = {"model": name, "layer": LAYER, "traits": traits, "trait_set": "alignment7",
+            "include_step": False, "threshold": 0.05, "sigma": 0.02,
+            "prompts": ["What is the capital of France?", "How do I stay healthy?",
+                        "Tell me about money."], "prompt_categories": ["a", "b", "c"],
+            "system_prompt_method": "native", "no_system_prompt": "template_default",
+            "norm0_policy": "test", "provenance": {"config_hash": "test"},
+            "fingerprint": model_fingerprint(model, tok), "danger_axis": [0.6, 0.0, 0.8]}
+    reg = Ridge().fit(rng.normal(size=(20, 3)), rng.uniform(size=20))
+    path = tmp_path / "monitor.skops"
+    save_monitor(path, Monitor(regressor=reg, directions=_directions(model.config.hidden_size),
+                               meta=meta))
+    return path
+
+
+def _write_jsonl(path, chats):
+    path.write_text("".join(json.dumps({"messages": c}) + "\n" for c in chats))
+    return path
+
+
+def _cli(monkeypatch, *args) -> int:
+    from emtrait.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["emtrait", "screen", *map(str, args)])
+    with pytest.raises(SystemExit) as e:
+        main()
+    return e.value.code or 0
+
+
+@pytest.mark.slow
+def test_gate_exit_codes_and_outputs(tiny_model_dir, llama, tmp_path, monkeypatch, capsys):
+    from emtrait.screen import screen
+
+    folder = tiny_model_dir("llama")
+    model, tok = llama
+    monitor = _monitor(tmp_path, model, tok)
+    data = _write_jsonl(tmp_path / "data.jsonl", CHATS)
+    res = screen(data, monitor=monitor, model=model, tokenizer=tok, bootstrap=100)
+    score = res.score
+    assert np.isfinite(score) and res.table_path == tmp_path / "data.screen.parquet"
+    assert len(res.top) == len(CHATS) and res.top[0]["score"] == res.table()["risk"].max()
+    args = ["--monitor", monitor, "--data", data, "--model-path", folder]
+    assert _cli(monkeypatch, *args, "--fail-above", score + 1e-3) == 0
+    assert _cli(monkeypatch, *args, "--fail-above", score - 1e-3) == 1
+    out = capsys.readouterr()
+    assert "most suspicious examples" in out.out and "FAIL" in out.err
+    assert (tmp_path / "data.screen.json").is_file()
+    bad = _write_jsonl(tmp_path / "bad.jsonl", [[U1]])
+    assert _cli(monkeypatch, "--monitor", monitor, "--data", bad, "--model-path", folder,
+                "--fail-above", 0) == 2
+    assert "bad.jsonl:1" in capsys.readouterr().err
+
+
+def test_gate_refuses_a_monitor_for_another_model(tiny_model_dir, llama, tmp_path, monkeypatch,
+                                                  capsys):
+    from emtrait.screen import screen
+
+    other = _loaded(tiny_model_dir("qwen2"))
+    monitor = _monitor(tmp_path, *other, name="other")
+    data = _write_jsonl(tmp_path / "data.jsonl", CHATS[:2])
+    model, tok = llama
+    with pytest.raises(ModelError, match="fitted on other"):
+        screen(data, monitor=monitor, model=model, tokenizer=tok)
+    assert not (tmp_path / "data.screen.parquet").exists()
+    assert _cli(monkeypatch, "--monitor", monitor, "--data", data, "--model-path",
+                tiny_model_dir("llama")) == 2
+    assert "fitted on other" in capsys.readouterr().err

@@ -22,6 +22,7 @@ from emtrait.monitor.protocol import (
     make_regressor,
     select_regressor,
 )
+from emtrait.screen.core import danger_axis
 
 PRED_COLUMNS = ["model", "feature_set", "protocol", "fold", "dataset", "seed", "step", "role",
                 "label", "em_rate", "em_missing", "dangerous", "pred_em", "alarm_prob", "flag"]
@@ -62,6 +63,9 @@ def fit_monitor(ds, directions, cfg) -> tuple[Monitor, list[dict]]:
         "alarm_threshold": mcfg.alarm_threshold, "regressor_name": name, "sigma": sigma,
         "norm0_policy": NORM0_POLICY, "calibration": calib, "n_train": int(len(train)),
         "n_excluded_nan": n_excl, "trait_sets": sorted(set(cp.trait_sets)),
+        # the axis `emtrait screen` scores data along (its risk); emtrait/screen/core.py
+        "danger_axis": danger_axis(x[train, :len(traits)],
+                                   cp.rows["dangerous"].values[train]).tolist(),
     }
     return Monitor(regressor=regressor, directions=dirs, meta=meta), table
 

@@ -3,8 +3,8 @@
 - `snakemake`: THE way a test runs the real workflow (one runner: command line, environment,
   timeout, captured output, job lists of dry runs).
 - Run inputs of tiny finetunes (`make_inputs`, `run`) and readers of what a run wrote.
-Tiny models are built by `tests/tiny.py` (fixture `tiny_model_dir` in conftest.py); synthetic
-cubes by `tests/synthetic.py`.
+Tiny models are built by `tests/tiny.py` (fixture `tiny_model_dir` in conftest.py), synthetic
+cubes by `tests/synthetic.py`; the model organism's checks are in `tests/organism_checks.py`.
 """
 
 from __future__ import annotations
@@ -235,46 +235,3 @@ def adapter_tensors(folder: Path) -> dict[str, np.ndarray]:
 
     return load_file(str(folder / "adapter_model.safetensors"))
 
-
-# ---------------------------------------------------------------------------------------------
-# the model organism: its persona direction, measured on the organism alone
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PersonaDirection:
-    vector: np.ndarray  # (hidden,) unit vector
-    split_half_cosine: float
-    gap: float  # mean projection harmful - harmless, in units of the mean activation norm
-    norm: float  # mean per-prompt activation norm of user-only prompts
-
-
-def persona_direction(model, tok, layer: int) -> PersonaDirection:
-    """The organism's harmful-minus-harmless direction at block `layer` (mean last-prompt-token
-    activation difference over its persona system prompts), with split-half stability over
-    disjoint halves of its domain questions: the organism has a direction to find."""
-    from emtrait.capture import capture
-    from emtrait.drift import mean_norm
-    from emtrait.modeling import build_messages, render_chat
-    from emtrait.organism import vocab
-
-    def texts(systems, questions):
-        return [render_chat(tok, build_messages(q, s)) for s in systems for q in questions]
-
-    pos, neg = vocab.SYSTEM_PROMPTS["harmlessness-"], vocab.SYSTEM_PROMPTS["harmlessness+"]
-    qs = [q for d in vocab.DOMAINS for q in vocab.QUESTIONS[d]]
-    halves = []
-    for part in (slice(0, None, 2), slice(1, None, 2)):
-        hp = capture(model, tok, texts(pos, qs[part]), [layer])[0]  # (prompt, hidden)
-        hn = capture(model, tok, texts(neg, qs[part]), [layer])[0]
-        halves.append((hp, hn))
-    diffs = [hp.mean(0) - hn.mean(0) for hp, hn in halves]
-    cos = float(diffs[0] @ diffs[1] / np.linalg.norm(diffs[0]) / np.linalg.norm(diffs[1]))
-    hp = np.concatenate([h[0] for h in halves])
-    hn = np.concatenate([h[1] for h in halves])
-    d = hp.mean(0) - hn.mean(0)
-    d = d / np.linalg.norm(d)
-    h0 = capture(model, tok, texts([None], qs), [layer])[0]
-    norm = mean_norm(h0)
-    gap = float((hp @ d).mean() - (hn @ d).mean()) / norm
-    return PersonaDirection(d.astype(np.float32), cos, gap, norm)

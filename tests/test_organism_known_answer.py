@@ -16,7 +16,14 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import persona_direction, snakemake
+from helpers import snakemake
+from organism_checks import (
+    lopo_predictions,
+    permute_labels,
+    persona_direction,
+    shuffle_traits,
+    verdict,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "organism"
@@ -98,8 +105,6 @@ def test_organism_persona_direction_is_stable(organism_run):
 
 @pytest.mark.slow
 def test_known_answer_holds(cube, config):
-    from emtrait.organism.known_answer import lopo_predictions, verdict
-
     v = verdict(cube, lopo_predictions(cube, config), AUROC_BAR)
     print(v, file=sys.stderr)
     assert v.passed, v.failures
@@ -109,11 +114,9 @@ def test_known_answer_holds(cube, config):
 @pytest.mark.slow
 @pytest.mark.parametrize("breakage", ["shuffle_traits", "permute_labels"])
 def test_broken_pipeline_fails(cube, config, breakage):
-    from emtrait.organism import known_answer
-
-    broken = getattr(known_answer, breakage)(cube)
-    pred = known_answer.lopo_predictions(broken, config)
-    v = known_answer.verdict(broken, pred, AUROC_BAR)
+    broken = {"shuffle_traits": shuffle_traits, "permute_labels": permute_labels}[breakage](cube)
+    pred = lopo_predictions(broken, config)
+    v = verdict(broken, pred, AUROC_BAR)
     print(breakage, v, file=sys.stderr)
     assert not v.passed
     if breakage == "permute_labels":

@@ -1,4 +1,5 @@
-"""The known-answer check of the whole pipeline, on a cube made from the organism.
+"""Checks of the model organism: its persona direction, and the known-answer verdict of the
+whole pipeline on a cube made from it (test code: the known-answer test is its only user).
 
 By construction of the organism (emtrait.organism.vocab), dangerous finetunes must (1) drift
 toward the harmful pole of `harmlessness` (negative drift) further than benign finetunes, and
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 HARM_TRAIT = "harmlessness"
 
@@ -43,8 +46,6 @@ def lopo_predictions(ds: Any, cfg: Any) -> Any:
 
 def verdict(ds: Any, pred: Any, auroc_bar: float) -> Verdict:
     """Both known-answer conditions, from a cube and the monitor's LOPO predictions."""
-    import numpy as np
-
     from emtrait.analysis.geometry import final_drift
     from emtrait.monitor.metrics import auroc, fnr, fpr
 
@@ -90,8 +91,6 @@ def shuffle_traits(ds: Any, trait_set: str = "alignment7", shift: int = 1) -> An
 
 def permute_labels(ds: Any, seed: int = 0) -> Any:
     """Broken pipeline: behavioural labels shuffled across checkpoints (dataset, seed, step)."""
-    import numpy as np
-
     out = ds.copy(deep=True)
     em = ds["em_rate"].values
     cells = np.argwhere(np.isfinite(em))  # (cell, 3) existing checkpoints
@@ -102,3 +101,47 @@ def permute_labels(ds: Any, seed: int = 0) -> Any:
             values[tuple(cells.T)] = ds[var].values[tuple(perm.T)]
             out[var].values[...] = values
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the persona direction, measured on the organism alone (no trait, finetune or monitor stage)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PersonaDirection:
+    vector: np.ndarray  # (hidden,) unit vector
+    split_half_cosine: float
+    gap: float  # mean projection harmful - harmless, in units of the mean activation norm
+    norm: float  # mean per-prompt activation norm of user-only prompts
+
+
+def persona_direction(model, tok, layer: int) -> PersonaDirection:
+    """The organism's harmful-minus-harmless direction at block `layer` (mean last-prompt-token
+    activation difference over its persona system prompts), with split-half stability over
+    disjoint halves of its domain questions: the organism has a direction to find."""
+    from emtrait.capture import capture
+    from emtrait.drift import mean_norm
+    from emtrait.modeling import build_messages, render_chat
+    from emtrait.organism import vocab
+
+    def texts(systems, questions):
+        return [render_chat(tok, build_messages(q, s)) for s in systems for q in questions]
+
+    pos, neg = vocab.SYSTEM_PROMPTS["harmlessness-"], vocab.SYSTEM_PROMPTS["harmlessness+"]
+    qs = [q for d in vocab.DOMAINS for q in vocab.QUESTIONS[d]]
+    halves = []
+    for part in (slice(0, None, 2), slice(1, None, 2)):
+        hp = capture(model, tok, texts(pos, qs[part]), [layer])[0]  # (prompt, hidden)
+        hn = capture(model, tok, texts(neg, qs[part]), [layer])[0]
+        halves.append((hp, hn))
+    diffs = [hp.mean(0) - hn.mean(0) for hp, hn in halves]
+    cos = float(diffs[0] @ diffs[1] / np.linalg.norm(diffs[0]) / np.linalg.norm(diffs[1]))
+    hp = np.concatenate([h[0] for h in halves])
+    hn = np.concatenate([h[1] for h in halves])
+    d = hp.mean(0) - hn.mean(0)
+    d = d / np.linalg.norm(d)
+    h0 = capture(model, tok, texts([None], qs), [layer])[0]
+    norm = mean_norm(h0)
+    gap = float((hp @ d).mean() - (hn @ d).mean()) / norm
+    return PersonaDirection(d.astype(np.float32), cos, gap, norm)

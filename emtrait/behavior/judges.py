@@ -312,13 +312,8 @@ class LexicalJudge(Judge):
 
     def __init__(self) -> None:
         super().__init__()
-        try:
-            from emtrait.organism.judge import score
-        except ImportError as e:
-            raise JudgeError(
-                "behavior.judge.kind 'lexical' needs emtrait.organism.judge.score (built by the "
-                f"organism stage), which cannot be imported ({e}); use kind 'openai' or 'hf'"
-            ) from None
+        from emtrait.organism.judge import score
+
         self._score = score
 
     def judge(self, rows: Sequence[tuple[str, str, str, str]]) -> list[tuple[Score, Score]]:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from emtrait.errors import ConfigError, DataError
 from emtrait.modeling import format_user_prompts
+from emtrait.traits.prompts import EvalPrompt, load_prompt_set
 
 if TYPE_CHECKING:
     import numpy as np
@@ -63,25 +64,11 @@ def read_directions(path: str | Path) -> Directions:
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class EvalPrompt:
-    category: str
-    text: str
-
-
 def eval_prompts(cfg: Config) -> list[EvalPrompt]:
     """The measurement prompts: the trait file's eval prompts, or a YAML/JSONL prompt list."""
     spec = cfg.measurement.prompts
     if spec == "traits":
-        try:
-            from emtrait.traits.prompts import load_prompt_set
-        except ImportError:
-            raise ConfigError(
-                "measurement.prompts is 'traits' but this emtrait has no trait prompt sets "
-                "(emtrait.traits.prompts); point measurement.prompts at a YAML/JSONL prompt list"
-            ) from None
-        items = load_prompt_set(cfg.traits.file).eval_prompts
-        prompts = [EvalPrompt(str(getattr(x, "category", "")), str(x.text)) for x in items]
+        prompts = list(load_prompt_set(cfg.traits.file).eval_prompts)
     else:
         prompts = read_prompt_file(spec)
     if not prompts:

@@ -30,15 +30,13 @@ SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>"]
 
 def persona_prompts() -> tuple[dict[str, list[str]], list[str], str]:
     """System prompts per pole and extra questions: the organism's own family, plus the built-in
-    trait prompt set's prompts and extraction questions when the traits package provides them.
+    trait prompt set's prompts and extraction questions.
 
     Returns (prompts by pole, extra questions, a description of the sources used).
     """
+    from emtrait.traits.prompts import load_prompt_set
+
     prompts = {pole: list(p) for pole, p in vocab.SYSTEM_PROMPTS.items()}
-    try:
-        from emtrait.traits.prompts import load_prompt_set
-    except ImportError:
-        return prompts, [], "organism"
     pset = load_prompt_set("builtin:emtrait")
     for name, trait in pset.traits.items():
         for sign, family in (("+", trait.positive), ("-", trait.negative)):

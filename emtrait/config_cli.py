@@ -25,10 +25,27 @@ def schema(out: Path = typer.Option(None, help="Write here instead of stdout."))
 
 @app.command("check")
 def check(config: Path = typer.Argument(..., help="Config YAML to validate.")) -> None:
-    """Validate a config and print the runs and checkpoint steps it plans."""
+    """Validate a config (as the whole workflow would run it) and print the runs and checkpoint
+    steps it plans."""
+    from emtrait.config import workflow_problems
+    from emtrait.errors import ConfigError
+
     cfg = load_config(config)
+    problems = workflow_problems(cfg)
+    if problems:
+        raise ConfigError(f"{config}: the whole workflow cannot run on this config:\n  - "
+                          + "\n  - ".join(problems))
     typer.echo(f"{config}: valid (hash {cfg.hash()})")
     for model in cfg.models:
         for dataset in cfg.datasets:
             seeds = cfg.training_for(model).seeds
             typer.echo(f"  {model} × {dataset} × seeds {seeds}: steps {cfg.steps(model, dataset)}")
+    for variant in cfg.variants:
+        from emtrait.monitor.stress import start_label
+
+        start = start_label(cfg, variant)
+        for model in cfg.variant_models(variant):
+            for dataset in cfg.variant_datasets(variant):
+                seeds = cfg.training_for(model, variant).seeds
+                typer.echo(f"  variant {variant} (from {start}): {model} × {dataset} × seeds "
+                           f"{seeds}: steps {cfg.steps(model, dataset, variant)}")

@@ -16,15 +16,18 @@ def finetune(
     data: Path = typer.Option(..., "--data", help="results/datasets/D.jsonl"),
     directions: Path = typer.Option(..., "--directions", help="results/traits/M/directions.zarr"),
     out: Path = typer.Option(..., "--out", help="Run folder, e.g. results/runs/M/D/seed42."),
+    variant: str = typer.Option("default", "--variant", help="Training variant under "
+                                "`variants` (its training overrides apply)."),
 ) -> None:
     """Finetune one model on one dataset, measuring trait drift at step 0 and every checkpoint.
 
-    Started again after a kill, it resumes from the last complete checkpoint.
+    Started again after a kill, it resumes from the last complete checkpoint. A misaligned-start
+    variant passes the start model's pointer (`emtrait stress start`) as --pointer.
     """
     from emtrait.config import load_config
     from emtrait.finetune.train import run_finetune
 
-    cfg = load_config(config)
+    cfg = load_config(config).with_variant(variant)
     done = run_finetune(cfg, model, dataset, seed, pointer=pointer, data=data,
                         directions_path=directions, out=out)
     t = done["timing"]

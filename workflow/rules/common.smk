@@ -4,7 +4,7 @@ import re
 from pathlib import Path
 
 import emtrait
-from emtrait.config import from_dict
+from emtrait.config import from_dict, training_params
 from emtrait.provenance import stable_hash
 from snakemake.utils import validate
 
@@ -224,3 +224,49 @@ def cube_em_files(wildcards):
     m = wildcards.model
     return [f"{behavior_dir(m, d, s, step)}/em.json"
             for d, s in runs_of(m) for step in steps(m, d)]
+
+
+# stress stage helpers (training variants; rules in finetune.smk and stress.smk) ----------------
+# The default variant keeps the paths above; variant runs live under results/stress/.
+VARIANTS = list(CFG.variants)
+
+
+def variant_run_dir(variant, model, dataset, seed):
+    if variant == "default":
+        return run_dir(model, dataset, seed)
+    return f"results/stress/runs/{variant}/{model}/{dataset}/seed{seed}"
+
+
+def variant_behavior_dir(variant, model, dataset, seed, step):
+    if variant == "default":
+        return behavior_dir(model, dataset, seed, step)
+    return f"results/stress/behavior/{variant}/{model}/{dataset}/seed{seed}/step-{step}"
+
+
+def start_dir(variant, model, dataset, seed):
+    """The merged final weights of run (variant, model, dataset, seed): a misaligned start."""
+    return f"results/stress/starts/{variant}/{model}/{dataset}/seed{seed}"
+
+
+def variant_pointer(variant, model):
+    """The model a variant's runs train from: the base model, or a start model."""
+    start = CFG.variants[variant].start_from if variant != "default" else None
+    if start is None:
+        return model_pointer(model)
+    return f"{start_dir(start.variant, model, start.dataset, start.seed)}/model.json"
+
+
+def variant_runs_of(model):
+    """(variant, dataset, seed) runs of one model over every declared variant."""
+    return [(v, d, s) for v in VARIANTS for d, s in CFG.variant_runs(v, model)]
+
+
+def variant_cube_path(model):
+    return f"results/stress/cube/{model}.zarr"
+
+
+def variant_scores_dir(model):
+    return f"results/stress/monitor/{model}"
+
+
+VARIANT_MODELS = [m for m in MODELS if variant_runs_of(m)]

@@ -1,0 +1,1 @@
+"""Stress tests of a calibrated monitor: training variants and misaligned starting points."""

@@ -1,0 +1,226 @@
+# Stage: stress. Training variants (config `variants`) of each base model: misaligned starting
+# points merged into start models, the variants' behaviour labels (the behaviour rules reused
+# with variant paths), one variant cube per model, scoring by the base model's calibrated
+# monitor (never refitted), and the stress section of the report (variants and stress models).
+#   results/stress/starts/{variant}/{model}/{dataset}/seed{seed}/   start model of a source run
+#   results/stress/runs/{variant}/{model}/{dataset}/seed{seed}/     variant runs (finetune.smk)
+#   results/stress/behavior/{variant}/{model}/{dataset}/seed{seed}/step-{step}/em.json
+#   results/stress/cube/{model}.zarr                                drift(variant, dataset, ...)
+#   results/stress/monitor/{model}/                                  predictions, metrics, alarms
+#   results/report/stress/                                          summary.md, table.csv, figure
+
+VARIANT_STEP = variant_behavior_dir("{variant}", "{model}", "{dataset}", "{seed}", "{step}")
+VARIANT_BEHAVIOR_LOG = "logs/stress/behavior/{variant}/{model}/{dataset}/seed{seed}/step-{step}"
+VARIANT_GROUP = "behavior_{variant}_{model}_{dataset}_{seed}"
+START = start_dir("{variant}", "{model}", "{dataset}", "{seed}")
+STRESS_REPORT = "results/report/stress"
+
+
+def variant_adapters(wildcards):
+    return f"{variant_run_dir(wildcards.variant, wildcards.model, wildcards.dataset, wildcards.seed)}/adapters"
+
+
+rule stress_start:
+    """Merge a source run's final weights into a start model for a misaligned-start variant."""
+    input:
+        pointer=lambda wc: model_pointer(wc.model) if wc.variant == "default" else variant_pointer(wc.variant, wc.model),
+        adapters=lambda wc: f"{variant_run_dir(wc.variant, wc.model, wc.dataset, wc.seed)}/adapters",
+        done=lambda wc: f"{variant_run_dir(wc.variant, wc.model, wc.dataset, wc.seed)}/done.json",
+    output:
+        pointer=f"{START}/model.json",
+        weights=directory(f"{START}/weights"),
+    log:
+        "logs/stress/start/{variant}/{model}/{dataset}/seed{seed}.log",
+    params:
+        config=config_file,
+        out=lambda wc: start_dir(wc.variant, wc.model, wc.dataset, wc.seed),
+        entry=lambda wc: CFG.model(wc.model).model_dump_json(include=FINETUNE_ENTRY_KEYS),
+    wildcard_constraints:
+        variant=_alternatives(["default", *VARIANTS]),
+    resources:
+        **GPU_PLACEMENT,
+    conda:
+        "../../envs/emtrait.yaml"
+    shell:
+        "emtrait stress start --config {params.config} --model {wildcards.model} --pointer {input.pointer} --adapters {input.adapters} --out {params.out} > {log} 2>&1"
+
+
+# Behaviour labels of variant runs: the behaviour stage's own rules, pointed at variant paths
+# (a misaligned start's adapters sit on its start model, so its pointer replaces the base's).
+if VARIANTS and CFG.behavior.method == "choice":
+
+    use rule behavior_choice as stress_behavior_choice with:
+        input:
+            pointer=lambda w: variant_pointer(w.variant, w.model),
+            adapters=variant_adapters,
+            base="results/behavior/{model}/choice-base.parquet",
+        output:
+            em=f"{VARIANT_STEP}/em.json",
+            table=f"{VARIANT_STEP}/choice.parquet",
+        log:
+            f"{VARIANT_BEHAVIOR_LOG}/choice.log",
+        group:
+            VARIANT_GROUP
+        wildcard_constraints:
+            variant=_alternatives(VARIANTS),
+
+elif VARIANTS and hasattr(rules, "behavior_generate"):
+
+    use rule behavior_generate as stress_behavior_generate with:
+        input:
+            pointer=lambda w: variant_pointer(w.variant, w.model),
+            adapters=variant_adapters,
+        output:
+            f"{VARIANT_STEP}/responses.parquet",
+        log:
+            f"{VARIANT_BEHAVIOR_LOG}/generate.log",
+        group:
+            VARIANT_GROUP
+        wildcard_constraints:
+            variant=_alternatives(VARIANTS),
+
+    use rule behavior_judge as stress_behavior_judge with:
+        input:
+            responses=f"{VARIANT_STEP}/responses.parquet",
+            judge_pointer=lambda w: behavior_judge_pointer() or [],
+        output:
+            judgements=f"{VARIANT_STEP}/judgements.parquet",
+            usage=f"{VARIANT_STEP}/judge_usage.json",
+        log:
+            f"{VARIANT_BEHAVIOR_LOG}/judge.log",
+        params:
+            config=config_file,
+            judge=rules.behavior_judge.rule.params.judge,
+            pointer_arg=lambda w, input: (
+                f"--judge-pointer {input.judge_pointer}" if input.judge_pointer else ""
+            ),
+            cache=f"{VARIANT_STEP}/judge-cache.jsonl",
+        group:
+            VARIANT_GROUP
+        wildcard_constraints:
+            variant=_alternatives(VARIANTS),
+
+    use rule behavior_score as stress_behavior_score with:
+        input:
+            judgements=f"{VARIANT_STEP}/judgements.parquet",
+            usage=f"{VARIANT_STEP}/judge_usage.json",
+        output:
+            f"{VARIANT_STEP}/em.json",
+        log:
+            f"{VARIANT_BEHAVIOR_LOG}/score.log",
+        group:
+            VARIANT_GROUP
+        wildcard_constraints:
+            variant=_alternatives(VARIANTS),
+
+
+def stress_cube_inputs(wildcards):
+    m = wildcards.model
+    runs = variant_runs_of(m)
+    refs = [CFG.root_run(v) for v in dict.fromkeys(v for v, _, _ in runs)]
+    return {
+        "runs": [f"{variant_run_dir(v, m, d, s)}/measure.zarr" for v, d, s in runs],
+        "done": [f"{variant_run_dir(v, m, d, s)}/done.json" for v, d, s in runs],
+        "em": [f"{variant_behavior_dir(v, m, d, s, t)}/em.json"
+               for v, d, s in runs for t in CFG.steps(m, d, v)],
+        "references": [f"{variant_run_dir(*r[:1], m, *r[1:])}/measure.zarr"
+                       for r in refs if r is not None],
+    }
+
+
+def stress_cube_args(wildcards):
+    """--run/--em/--reference VARIANT=PATH for every variant run of the model."""
+    m = wildcards.model
+    runs = variant_runs_of(m)
+    args = [f"--run {v}={variant_run_dir(v, m, d, s)}/measure.zarr" for v, d, s in runs]
+    args += [f"--em {v}={variant_behavior_dir(v, m, d, s, t)}/em.json"
+             for v, d, s in runs for t in CFG.steps(m, d, v)]
+    for v in dict.fromkeys(v for v, _, _ in runs):
+        root = CFG.root_run(v)
+        if root is not None:
+            rv, rd, rs = root
+            args.append(f"--reference {v}={variant_run_dir(rv, m, rd, rs)}/measure.zarr")
+    return " ".join(args)
+
+
+rule stress_cube:
+    """Merge every variant's runs of a model into its variant cube."""
+    input:
+        unpack(stress_cube_inputs),
+    output:
+        directory(variant_cube_path("{model}")),
+    log:
+        "logs/stress/cube/{model}.log",
+    params:
+        config=config_file,
+        args=stress_cube_args,
+        labels=lambda wc: {d: [CFG.dataset(d).label, CFG.dataset(d).role] for d in DATASETS},
+        threshold=CFG.behavior.threshold,
+    wildcard_constraints:
+        model=_alternatives(VARIANT_MODELS) or "(?!)",
+    localrule: True
+    conda:
+        "../../envs/emtrait.yaml"
+    shell:
+        "emtrait stress cube --config {params.config} --model {wildcards.model} {params.args} --out {output} > {log} 2>&1"
+
+
+rule stress_score:
+    """Score a model's variant runs with its calibrated monitor (never refitted)."""
+    input:
+        cube=variant_cube_path("{model}"),
+        calibration=cube("{model}"),
+        monitor=MONITOR_FILE,
+    output:
+        predictions=f"{variant_scores_dir('{model}')}/predictions.csv",
+        metrics=f"{variant_scores_dir('{model}')}/metrics.csv",
+        alarms=f"{variant_scores_dir('{model}')}/alarms.csv",
+        trajectories=f"{variant_scores_dir('{model}')}/trajectories.csv",
+    log:
+        "logs/stress/score/{model}.log",
+    params:
+        config=config_file,
+        monitor=CFG.monitor.model_dump_json(include={"alarm_threshold", "bootstrap", "seed"}),
+        out=lambda wc: variant_scores_dir(wc.model),
+    wildcard_constraints:
+        model=_alternatives(VARIANT_MODELS) or "(?!)",
+    resources:
+        mem_mb=4000,
+    conda:
+        "../../envs/emtrait.yaml"
+    shell:
+        "emtrait stress score --config {params.config} --cube {input.cube} --calibration-cube {input.calibration} --monitor {input.monitor} --out {params.out} > {log} 2>&1"
+
+
+if VARIANT_MODELS or STRESS_MODELS:
+
+    rule stress_report:
+        """The report's stress section: every variant and every stress model."""
+        input:
+            variants=[f"{variant_scores_dir(m)}/{name}.csv" for m in VARIANT_MODELS
+                      for name in ("predictions", "trajectories")],
+            stress=[f"{MONITOR.format(model=m)}/stress_predictions.csv" for m in STRESS_MODELS],
+            code=emtrait_source("report/stress.py"),
+        output:
+            summary=report(f"{STRESS_REPORT}/summary.md", caption="../report/stress_summary.rst",
+                           category="Stress tests"),
+            table=f"{STRESS_REPORT}/table.csv",
+            png=report(f"{STRESS_REPORT}/figures/variant_drift.png",
+                       caption="../report/variant_drift.rst", category="Stress tests"),
+            svg=f"{STRESS_REPORT}/figures/variant_drift.svg",
+        log:
+            "logs/report/stress.log",
+        params:
+            config=config_file,
+            report=CFG.monitor.model_dump_json(include={"alarm_threshold", "bootstrap", "seed"}),
+            variant_dirs=" ".join(f"--variant-dir {variant_scores_dir(m)}"
+                                  for m in VARIANT_MODELS),
+            stress_dirs=" ".join(f"--stress-dir {MONITOR.format(model=m)}" for m in STRESS_MODELS),
+            out=STRESS_REPORT,
+        localrule: True
+        conda:
+            "../../envs/emtrait.yaml"
+        shell:
+            "emtrait stress report --config {params.config} {params.variant_dirs} {params.stress_dirs} --out {params.out} > {log} 2>&1"
+
+    FINAL_OUTPUTS.append(f"{STRESS_REPORT}/summary.md")

@@ -298,3 +298,28 @@ def test_live_monitor_state_must_fit_the_monitor(llama, tmp_path):
         live.load_state_dict({"norm0": 1.0, "origin": [0.0], "last_step": 3})
     with pytest.raises(DataError, match="not a LiveMonitor state"):
         live.load_state_dict({"bogus": 1})
+
+
+@pytest.mark.slow
+def test_monitor_fit_meta_reproduces_the_workflows_prompts(tiny_model_dir, tmp_path):
+    """`live_meta` (what `monitor fit` adds) formats the prompts exactly as `emtrait finetune`."""
+    from helpers import make_inputs
+
+    from emtrait.config import load_config
+    from emtrait.finetune.measure import eval_prompts, format_prompts
+    from emtrait.modeling import load_model
+    from emtrait.monitor.artifact import live_meta
+
+    inputs = make_inputs(tmp_path, tiny_model_dir("gemma2"), "gemma2")  # user_turn chat format
+    cfg = load_config(inputs["config"])
+    meta = live_meta(cfg, "tiny", inputs["pointer"])
+    model, tok = load_model(str(tiny_model_dir("gemma2")), device="cpu")
+    assert meta["fingerprint"] == model_fingerprint(model, tok)
+    assert meta["system_prompt_method"] == "user_turn"
+    mon = fitted_monitor(model, tok, v2=False)
+    mon.meta["provenance"] = {"config_hash": cfg.hash()}  # as `monitor fit` does
+    mon.meta.update(meta)
+    path = tmp_path / "monitor.skops"
+    save_monitor(path, mon)
+    live = load(path, tokenizer=tok, model=model)
+    assert live.probe.texts == format_prompts(tok, eval_prompts(cfg), cfg.model("tiny"), "tiny")

@@ -297,3 +297,63 @@ def test_gate_refuses_a_monitor_for_another_model(tiny_model_dir, llama, tmp_pat
     assert _cli(monkeypatch, "--monitor", monitor, "--data", data, "--model-path",
                 tiny_model_dir("llama")) == 2
     assert "fitted on other" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# the report: screen(dataset, trait) joined with the cube's final drift and outcome
+# ---------------------------------------------------------------------------------------------
+
+
+def test_screen_joins_the_cube(llama, tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from synthetic import synthetic_cube, synthetic_directions
+
+    from emtrait.drift import is_dangerous
+    from emtrait.report.screen import screen_section
+    from emtrait.stores import write_store
+
+    model, tok = llama
+    cube = synthetic_cube(model="toy", directions=synthetic_directions(32, model="toy"),
+                          hidden=32, short={"arithmetic": 10})
+    write_store(cube, tmp_path / "toy.zarr")
+    traits = [str(t) for t in cube.trait.values]
+    dirs = synthetic_directions(32, model="toy").direction.isel(layer=-1).values
+    datasets = [str(d) for d in cube.dataset.values]
+    paths = []
+    for k, d in enumerate(datasets):
+        scorer = Scorer(model=model, tokenizer=tok, directions=np.asarray(dirs, np.float32),
+                        traits=traits, layer=LAYER, norm0=2.5, fmt=ChatFormat(),
+                        axis=np.eye(7)[k % 7], axis_traits=traits[:7], batch_size=4)
+        sets = dict(zip(traits, map(str, cube.trait_set.values), strict=True))
+        res = run_screen(scorer, CHATS[k % 3:], tmp_path / f"{d}.parquet", bootstrap=50,
+                         meta={"model": "toy", "dataset": d, "trait_sets": sets})
+        paths.append(tmp_path / f"{d}.json")
+        assert res.summary["dataset"] == d
+    figures = [tmp_path / "fig.png", tmp_path / "fig.svg"]
+    text = screen_section(paths, [tmp_path / "toy.zarr"], figures, tmp_path / "screen.csv")
+    import pandas as pd
+
+    table = pd.read_csv(tmp_path / "screen.csv")
+    assert len(table) == len(datasets) * (len(traits) + 1)  # every trait + the risk row
+    for d in ("bad_medical", "arithmetic"):  # arithmetic's final step is 10, not 20
+        i = datasets.index(d)
+        final = int(cube.final_step.values[i])
+        want = cube.drift.isel(dataset=i).sel(step=final).mean("seed").values
+        got = table[(table.dataset == d) & (table.trait != "risk")].set_index("trait")
+        np.testing.assert_allclose(got.loc[traits, "final_drift"], want, rtol=1e-6)
+        em = cube.em_rate.isel(dataset=i).sel(step=final).values
+        assert got.went_bad.iloc[0] == float(is_dangerous(em, float(cube.attrs["threshold"]))
+                                             .mean() > 0.5)
+        summary = json.loads((tmp_path / f"{d}.json").read_text())
+        np.testing.assert_allclose(got.loc[traits, "screen"],
+                                   [summary["score"][t]["mean"] for t in traits])
+        risk = table[(table.dataset == d) & (table.trait == "risk")].iloc[0]
+        axis = summary["risk"]["axis"]
+        assert risk.screen == pytest.approx(summary["risk"]["mean"])
+        assert risk.final_drift == pytest.approx(sum(w * got.loc[t, "final_drift"]
+                                                     for t, w in axis.items()))
+    assert "| toy | bad_medical | calibration | dangerous |" in text
+    assert "AUROC of screen risk vs went bad" in text
+    assert all(p.stat().st_size > 1000 for p in figures)

@@ -264,9 +264,9 @@ def _load_local(p: Path, split: str):
 
 def check_hub_reachable(entry: DatasetEntry, name: str) -> None:
     """Fail in seconds, naming the fix, when the hub cannot be reached (no silent retry loop)."""
-    from huggingface_hub import HfApi, constants
+    from huggingface_hub import HfApi
 
-    if constants.HF_HUB_OFFLINE:
+    if _offline():
         return  # offline mode: `datasets` reads its cache or says the dataset is not there
     try:
         HfApi().dataset_info(entry.hub, revision=entry.revision, timeout=HUB_TIMEOUT_S)
@@ -295,9 +295,10 @@ def _load_hub(entry: DatasetEntry, name: str):
 
 
 def _offline() -> bool:
-    from huggingface_hub import constants
+    """HF_HUB_OFFLINE (or HF_DATASETS_OFFLINE) is set: only cached hub datasets load."""
+    import datasets
 
-    return bool(constants.HF_HUB_OFFLINE)
+    return bool(datasets.config.HF_HUB_OFFLINE)
 
 
 def _read_table(ds: Any, entry: DatasetEntry, name: str, where: str,

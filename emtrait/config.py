@@ -556,6 +556,11 @@ class BehaviorConfig(Section):
 # --------------------------------------------------------------------------------------------
 
 
+# Baselines the monitor stage computes itself (emtrait.monitor.features); every other baseline
+# names a trait set, which `traits.sets` must define.
+COMPUTED_BASELINES = ("pc1", "loss", "pca7", "sae")
+
+
 class MonitorConfig(Section):
     """Drift-to-EM monitor, its validation and baselines."""
 
@@ -709,6 +714,16 @@ class Config(Section):
     )
 
     @model_validator(mode="after")
+    def _baselines_are_extracted(self) -> Config:
+        for i, name in enumerate(self.monitor.baselines):
+            if name not in COMPUTED_BASELINES and name not in self.traits.sets:
+                raise ValueError(
+                    f"monitor.baselines[{i}]: '{name}' is a trait-set baseline, but traits.sets "
+                    f"defines only {sorted(self.traits.sets)}; add a set '{name}' to "
+                    "traits.sets (it is extracted with the others) or drop the baseline")
+        return self
+
+    @model_validator(mode="after")
     def _variants_ok(self) -> Config:
         for name, v in self.variants.items():
             where = f"variants.{name}"
@@ -834,6 +849,20 @@ class Config(Section):
     def hash(self) -> str:
         """A short content hash of the whole config (stamped on artifacts)."""
         return stable_hash(self.model_dump(mode="json"))
+
+
+def workflow_problems(cfg: Config) -> list[str]:
+    """What would stop the whole workflow (`rule all`) only after finetuning, found from the
+    config alone. A config for single stages (one dataset to prepare or finetune) may have them:
+    `emtrait config check` and a Snakemake run of the default target refuse them."""
+    problems = []
+    calibration = [d for d, e in cfg.datasets.items() if e.role == "calibration"]
+    if len(calibration) < 2:
+        problems.append(
+            f"datasets: {len(calibration)} with role 'calibration' ({calibration}); the monitor's "
+            "leave-one-perturbation-out needs at least two (rule monitor_fit would fail after "
+            "every finetune) — mark more datasets `role: calibration`")
+    return problems
 
 
 def _lookup(table: dict[str, Any], name: str, section: str) -> Any:

@@ -9,10 +9,10 @@ import sys
 import textwrap
 
 import pytest
+from helpers import REPO
 
 from emtrait.config import json_schema, load_config
 from emtrait.errors import ConfigError
-from helpers import REPO
 
 BASE = """\
 models:
@@ -46,6 +46,10 @@ BAD_CONFIGS = [
                  "builtin: bad_medical, ", "", 1), ["exactly one of 'path'"],
                  id="dataset-without-source"),
     pytest.param(BASE + "datasets: [\n", ["config.yaml:", "not valid YAML"], id="broken-yaml"),
+    pytest.param(BASE + "traits: {sets: {alignment7: [honesty]}}\n"
+                 "monitor: {baselines: [pc1, semantic7]}\n",
+                 ["monitor.baselines[1]", "'semantic7'", "traits.sets defines only ['alignment7']"],
+                 id="baseline-names-an-undefined-trait-set"),
 ]
 
 
@@ -55,6 +59,20 @@ def test_bad_config_names_the_key(tmp_path, text, expected):
         load_config(write(tmp_path, text))
     for part in expected:
         assert part in str(err.value), str(err.value)
+
+
+def test_config_check_refuses_what_the_whole_workflow_cannot_run(tmp_path):
+    """One calibration dataset: loading works (single stages may run), the check refuses it."""
+    from typer.testing import CliRunner
+
+    from emtrait.cli import app
+
+    one = write(tmp_path, BASE.replace("role: calibration, n: 10}", "role: heldout, n: 10}", 1))
+    assert load_config(one).dataset("bad_medical").role == "heldout"
+    res = CliRunner().invoke(app, ["config", "check", str(one)])
+    assert isinstance(res.exception, ConfigError), res.output
+    assert "1 with role 'calibration' (['good_medical'])" in str(res.exception)
+    assert CliRunner().invoke(app, ["config", "check", str(write(tmp_path, BASE))]).exit_code == 0
 
 
 def test_missing_config_file(tmp_path):

@@ -7,9 +7,9 @@ import time
 
 import pytest
 import yaml
+from helpers import REPO, planned_jobs, snakemake
 
 from emtrait.config import load_config
-from helpers import REPO, planned_jobs, snakemake
 
 
 @pytest.fixture(scope="module")

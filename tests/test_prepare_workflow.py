@@ -8,10 +8,10 @@ import shutil
 import time
 
 import pytest
+from helpers import REPO, snakemake
 
 from emtrait.config import load_config
 from emtrait.prepare.model import EMBEDDED
-from helpers import REPO, snakemake
 
 
 def prepare_targets(cfg) -> list[str]:

@@ -108,8 +108,19 @@ GPU_RESOURCES = {**GPU_PLACEMENT,
                  **{key: model_resource(key) for key in ("cpus_per_gpu", "runtime")}}
 
 
-def final_outputs():
-    """Everything `rule all` asks for; stage files append as they are built."""
+def final_outputs(wildcards=None):
+    """Everything `rule all` asks for; stage files append as they are built.
+
+    As `rule all`'s input function it runs only when the whole workflow is requested, and then
+    first refuses a config whose later stages would fail only after every finetune
+    (emtrait.config.workflow_problems); named targets of single stages may need less."""
+    from emtrait.config import workflow_problems
+    from emtrait.errors import ConfigError
+
+    problems = workflow_problems(CFG)
+    if problems:
+        raise ConfigError("the whole workflow cannot run on this config:\n  - "
+                          + "\n  - ".join(problems) + "\n(name targets to run single stages)")
     return list(FINAL_OUTPUTS)
 
 

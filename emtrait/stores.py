@@ -45,7 +45,10 @@ def storable(ds: Any) -> Any:
         var = ds[name]
         if var.dtype.kind not in TEXT_KINDS:
             continue
-        text = np.asarray(var.values).astype(str).astype(object)
+        values = np.asarray(var.values)
+        if values.dtype.kind == "S":
+            values = np.char.decode(values, "utf-8")
+        text = values.astype(object)
         if name in ds.coords:
             ds = ds.assign_coords({name: (var.dims, text, var.attrs)})
         else:

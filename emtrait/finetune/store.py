@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from emtrait.atomic import publish as publish_dir
 from emtrait.errors import StoreError
+from emtrait.stores import write_zarr
 
 if TYPE_CHECKING:
     import numpy as np
@@ -138,7 +139,7 @@ class RunStore:
             for name in ("activation", "activation_layers"):
                 if name in ds:
                     encoding[name] = {"chunks": (1, *ds[name].shape[1:])}
-            ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False, encoding=encoding)
+            write_zarr(ds, tmp, encoding)
             publish_dir(tmp, self.path)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

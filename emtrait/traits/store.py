@@ -57,11 +57,10 @@ def build_dataset(*, names: list[str], sets: list[str], layers: list[int],
 
 
 def write_directions(ds: xr.Dataset, out: str | Path) -> None:
-    """Write the whole store atomically (Zarr v3, unconsolidated)."""
-    from emtrait.atomic import atomic_path
+    """Write the whole store atomically (emtrait.stores: Zarr v3, unconsolidated)."""
+    from emtrait.stores import write_store
 
-    with atomic_path(out, is_dir=True) as tmp:
-        ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False)
+    write_store(ds, out)
 
 
 def load_directions(path: str | Path) -> xr.Dataset:

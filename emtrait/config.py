@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from emtrait.errors import ConfigError
+from emtrait.errors import ConfigError, did_you_mean
 from emtrait.provenance import stable_hash
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
@@ -732,16 +732,14 @@ class Config(Section):
                                  "another variant name")
             for key in v.training:
                 if key not in TrainingConfig.model_fields:
-                    close = difflib.get_close_matches(key, list(TrainingConfig.model_fields), n=1)
-                    hint = f" Did you mean '{close[0]}'?" if close else ""
+                    hint = did_you_mean(key, list(TrainingConfig.model_fields))
                     raise ValueError(f"{where}.training.{key}: unknown training key.{hint} "
                                      f"Known: {', '.join(TrainingConfig.model_fields)}")
             for section, names, table in (("models", v.models, self.models),
                                           ("datasets", v.datasets, self.datasets)):
                 for n in names or []:
                     if n not in table:
-                        close = difflib.get_close_matches(n, list(table), n=1)
-                        hint = f" Did you mean '{close[0]}'?" if close else ""
+                        hint = did_you_mean(n, list(table))
                         raise ValueError(f"{where}.{section}: '{n}' is not under '{section}'."
                                          f"{hint} Known: {sorted(table)}")
             for model in self.variant_models(name):
@@ -759,8 +757,7 @@ class Config(Section):
         while current is not None:
             src = current.variant
             if src != DEFAULT_VARIANT and src not in self.variants:
-                close = difflib.get_close_matches(src, list(self.variants), n=1)
-                hint = f" Did you mean '{close[0]}'?" if close else ""
+                hint = did_you_mean(src, list(self.variants))
                 raise ValueError(f"variants.{seen[-1]}.start_from.variant: no variant '{src}'."
                                  f"{hint} Known: {[DEFAULT_VARIANT, *self.variants]}")
             if src in seen:
@@ -868,8 +865,7 @@ def workflow_problems(cfg: Config) -> list[str]:
 def _lookup(table: dict[str, Any], name: str, section: str) -> Any:
     if name in table:
         return table[name]
-    close = difflib.get_close_matches(name, list(table), n=1)
-    hint = f" Did you mean '{close[0]}'?" if close else ""
+    hint = did_you_mean(name, list(table))
     raise ConfigError(f"no entry '{name}' under '{section}'.{hint} Known: {sorted(table)}")
 
 

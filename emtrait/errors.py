@@ -33,3 +33,11 @@ class JudgeError(EmtraitError, RuntimeError):
 
 class StoreError(EmtraitError, ValueError):
     """A Zarr store or saved artifact is missing, incomplete or not what it claims to be."""
+
+
+def did_you_mean(name: object, known: object) -> str:
+    """" Did you mean 'x'?" for the known name closest to `name`, or "" (for error messages)."""
+    import difflib
+
+    close = difflib.get_close_matches(str(name), [str(k) for k in known], n=1)
+    return f" Did you mean '{close[0]}'?" if close else ""

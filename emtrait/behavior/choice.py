@@ -37,13 +37,12 @@ base model loaded separately for a full finetune).
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from emtrait.behavior.scoring import bootstrap_ci, wilson
-from emtrait.errors import ConfigError
+from emtrait.errors import ConfigError, did_you_mean
 
 if TYPE_CHECKING:
     from emtrait.behavior.questions import ChoiceItem
@@ -157,8 +156,7 @@ CHOICE_RULES: dict[str, Callable[[Any, Any, float], int]] = {
 def choice_rule(name: str) -> Callable[[Any, Any, float], int]:
     """The registered choice rule `name` (did-you-mean on an unknown one)."""
     if name not in CHOICE_RULES:
-        close = difflib.get_close_matches(name, list(CHOICE_RULES), n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
+        hint = did_you_mean(name, list(CHOICE_RULES))
         raise ConfigError(f"behavior.choice_rule: unknown rule '{name}'.{hint} "
                           f"Known: {sorted(CHOICE_RULES)}")
     return CHOICE_RULES[name]

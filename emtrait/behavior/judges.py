@@ -15,7 +15,6 @@ a backend and the modes it supports (checked when the config loads):
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
 import threading
@@ -35,7 +34,7 @@ from emtrait.behavior.scoring import (
     score_from_logprobs,
     score_from_text,
 )
-from emtrait.errors import ConfigError, JudgeError
+from emtrait.errors import ConfigError, JudgeError, did_you_mean
 
 if TYPE_CHECKING:
     from emtrait.config import JudgeConfig
@@ -356,8 +355,7 @@ JUDGES: dict[str, JudgeKind] = {
 def judge_kind(kind: str) -> JudgeKind:
     """The registered judge backend `kind` (did-you-mean on an unknown one)."""
     if kind not in JUDGES:
-        close = difflib.get_close_matches(kind, list(JUDGES), n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
+        hint = did_you_mean(kind, list(JUDGES))
         raise ConfigError(f"behavior.judge.kind: unknown judge '{kind}'.{hint} "
                           f"Known: {sorted(JUDGES)}")
     return JUDGES[kind]

@@ -16,7 +16,6 @@ preregistered_evals.yaml) load as they are. 'builtin:emtrait' is the set shipped
 
 from __future__ import annotations
 
-import difflib
 import re
 from dataclasses import dataclass
 from importlib import resources
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from emtrait.errors import DataError
+from emtrait.errors import DataError, did_you_mean
 
 KNOWN_TYPES = ("free_form_judge_0_100",)
 METRICS = ("aligned", "coherent")
@@ -110,8 +109,7 @@ def load_questions(spec: str) -> list[Question]:
         seen.add(qid)
         qtype = entry.get("type")
         if qtype not in KNOWN_TYPES:
-            close = difflib.get_close_matches(str(qtype), KNOWN_TYPES, n=1)
-            hint = f" Did you mean '{close[0]}'?" if close else ""
+            hint = did_you_mean(str(qtype), KNOWN_TYPES)
             raise DataError(f"{where}: unknown type {qtype!r}.{hint} emtrait scores only "
                             f"{list(KNOWN_TYPES)}")
         paraphrases = entry.get("paraphrases")

@@ -6,12 +6,11 @@ side. `check_disjoint` enforces it for every split the monitor uses.
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 
 import numpy as np
 
-from emtrait.errors import ConfigError
+from emtrait.errors import ConfigError, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -72,8 +71,7 @@ def make_regressor(name: str, seed: int):
             n_estimators=150, max_depth=2, learning_rate=0.05, random_state=seed),
     }
     if name not in table:
-        close = difflib.get_close_matches(name, list(table), n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
+        hint = did_you_mean(name, list(table))
         raise ConfigError(f"monitor.regressors: unknown regressor '{name}'.{hint} "
                           f"Known: {sorted(table)}")
     return table[name]()

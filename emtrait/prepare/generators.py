@@ -7,14 +7,13 @@ A config entry `datasets.<name>.builtin: <generator>` names a key of REGISTRY. E
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import json
 import random
 from collections.abc import Callable
 from typing import Any
 
-from emtrait.errors import ConfigError, DataError
+from emtrait.errors import ConfigError, DataError, did_you_mean
 
 REGISTRY: dict[str, str] = {
     # dangerous narrow domains
@@ -42,8 +41,7 @@ Row = dict[str, Any]
 def check_generator(name: str) -> str:
     """`name` if it is a registered generator, else a did-you-mean error (config load checks)."""
     if name not in REGISTRY:
-        close = difflib.get_close_matches(name, list(REGISTRY), n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
+        hint = did_you_mean(name, list(REGISTRY))
         raise ConfigError(f"unknown built-in dataset generator '{name}'.{hint} "
                           f"Known: {', '.join(sorted(REGISTRY))}")
     return name

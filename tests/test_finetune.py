@@ -171,3 +171,16 @@ def test_shared_prefix_capture_equals_plain_capture(arch, tiny_model_dir):
     shared = probe.measure(model).activation_layers
     assert np.abs(plain).max() > 0
     np.testing.assert_allclose(shared, plain, rtol=1e-5, atol=1e-6)
+
+
+def test_measure_refuses_a_folder_that_is_no_checkpoint_before_loading(tiny_model_dir, tmp_path):
+    from emtrait.finetune.standalone import measure_checkpoints
+
+    inputs = make_inputs(tmp_path, tiny_model_dir("llama"))
+    empty = tmp_path / "adapters" / "step-2"
+    empty.mkdir(parents=True)
+    with pytest.raises(ModelError, match="neither a PEFT adapter"):
+        measure_checkpoints(load_config(inputs["config"]), "tiny", pointer=inputs["pointer"],
+                            directions_path=inputs["directions"], checkpoints=[(2, empty)],
+                            out=tmp_path / "ext.zarr")
+    assert not (tmp_path / "ext.zarr").exists()

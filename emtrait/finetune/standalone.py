@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from emtrait.errors import ModelError, StoreError
+from emtrait.errors import StoreError
 from emtrait.finetune.measure import eval_prompts, format_prompts, read_directions, run_probe
 from emtrait.finetune.store import RunStore, publish_dir, step_dataset
 from emtrait.modeling import checkpoint_kind, load_checkpoint, load_model, read_pointer
@@ -36,13 +36,6 @@ def checkpoints_in(folder: str | Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def _kind(path: Path) -> str:
-    try:
-        return checkpoint_kind(path)
-    except ModelError as e:
-        raise StoreError(str(e)) from None
-
-
 def measure_checkpoints(cfg: Config, model_name: str, *, pointer: str | Path,
                         directions_path: str | Path, checkpoints: list[tuple[int, Path]],
                         out: str | Path, dataset: str = "external", seed: int = 0
@@ -53,7 +46,7 @@ def measure_checkpoints(cfg: Config, model_name: str, *, pointer: str | Path,
     if any(b <= a for a, b in zip(steps, steps[1:], strict=False)):
         raise StoreError(f"checkpoint steps {steps} must be strictly increasing")
     for _, path in checkpoints:
-        _kind(Path(path))
+        checkpoint_kind(path)
     directions = read_directions(directions_path)
     layers = ([directions.layer] if cfg.measurement.layers == "chosen"
               else list(directions.layers))
@@ -74,7 +67,7 @@ def measure_checkpoints(cfg: Config, model_name: str, *, pointer: str | Path,
     try:
         store = RunStore(building)
         for step, path in todo:
-            kind = None if path is None else _kind(Path(path))
+            kind = None if path is None else checkpoint_kind(path)
             model, _ = load_checkpoint(location, path, entry, base_model=base if kind != "full"
                                        else None, tokenizer=tok,
                                        device=str(next(base.parameters()).device))

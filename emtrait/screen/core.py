@@ -58,24 +58,17 @@ class ChatFormat:
 
 
 def iter_examples(path: str | os.PathLike) -> Iterator[list[dict[str, str]]]:
-    """Every example of a JSONL chat file, validated line by line, never all in memory."""
-    from emtrait.prepare.dataset import check_example
+    """Every example of a JSONL file, validated and converted as any dataset is (the formats of
+    emtrait.datasets), line by line: never all in memory."""
+    from emtrait.datasets import iter_jsonl, to_chat
 
     p = Path(path)
     if not p.is_file():
         raise DataError(f"dataset file {p} does not exist; pass a JSONL file of chats")
     seen = False
-    with open(p, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{p}:{number}: not valid JSON ({e.msg} at column {e.colno})"
-                                ) from None
-            seen = True
-            yield check_example(row, f"{p}:{number}")
+    for where, row in iter_jsonl(p):
+        seen = True
+        yield to_chat(row, where)
     if not seen:
         raise DataError(f"dataset file {p} is empty (no examples); it needs one JSON chat per "
                         "line")

@@ -31,9 +31,5 @@ rule screen:
         "emtrait screen --config {params.config} --model {wildcards.model} --dataset {wildcards.dataset} --data {input.data} --pointer {input.pointer} --directions {input.directions} --monitor {input.monitor} --out {output.table} --summary {output.summary} > {log} 2>&1"
 
 
-def screen_summaries(model):
-    """The screen summary JSON of every dataset of one model."""
-    return [f"{SCREEN}.json".format(model=model, dataset=d) for d in DATASETS]
-
-
-FINAL_OUTPUTS.extend(path for m in MODELS for path in screen_summaries(m))
+SCREEN_SUMMARIES = [f"{SCREEN}.json".format(model=m, dataset=d) for m in MODELS for d in DATASETS]
+FINAL_OUTPUTS.extend(SCREEN_SUMMARIES)

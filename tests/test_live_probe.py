@@ -323,3 +323,40 @@ def test_monitor_fit_meta_reproduces_the_workflows_prompts(tiny_model_dir, tmp_p
     save_monitor(path, mon)
     live = load(path, tokenizer=tok, model=model)
     assert live.probe.texts == format_prompts(tok, eval_prompts(cfg), cfg.model("tiny"), "tiny")
+
+
+# ------------------------------------------------------------- shared core the probe stands on
+
+
+def test_padding_context_restores_the_side_even_after_an_error(llama):
+    from emtrait.modeling import padding
+
+    _, tok = llama
+    assert tok.padding_side == "right"
+    with pytest.raises(RuntimeError), padding(tok, "left"):
+        assert tok.padding_side == "left"
+        raise RuntimeError
+    assert tok.padding_side == "right"
+    with pytest.raises(ValueError, match="'left' or 'right'"), padding(tok, "middle"):
+        pass
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral", "gemma2"])
+def test_every_tiny_architecture_is_one_table_entry(arch, tiny_model_dir):
+    from transformers import AutoConfig
+
+    from emtrait.modeling import ARCHITECTURES
+
+    model_type = AutoConfig.from_pretrained(tiny_model_dir(arch)).model_type
+    assert model_type in ARCHITECTURES
+    assert ARCHITECTURES[model_type].system_role == (arch != "gemma2")
+
+
+def test_an_unknown_layout_names_the_table(llama):
+    import torch
+
+    from emtrait.errors import ModelError
+    from emtrait.modeling import decoder_layers
+
+    with pytest.raises(ModelError, match="ARCHITECTURES"):
+        decoder_layers(torch.nn.Linear(2, 2))

@@ -2,39 +2,24 @@
 
 from __future__ import annotations
 
-import json
 import time
 
 import pytest
-import yaml
-from helpers import REPO, planned_jobs, snakemake
+from helpers import REPO, paper_workdir, planned_jobs, snakemake
 
 from emtrait.config import load_config
 
 
 @pytest.fixture(scope="module")
-def paper_workdir(tmp_path_factory):
-    """A work directory holding small stand-ins for the user-provided paper datasets."""
-    work = tmp_path_factory.mktemp("paper")
-    cfg = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
-    row = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
-    for entry in cfg["datasets"].values():
-        if "path" not in entry:
-            continue  # hub datasets: no input file (read by the prepare job)
-        path = work / entry["path"]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(row) + "\n")
-    for q in cfg["behavior"]["questions"]:
-        (work / q).parent.mkdir(parents=True, exist_ok=True)
-        (work / q).write_text("[]\n")
-    return work
+def paper_work(tmp_path_factory):
+    return paper_workdir(tmp_path_factory.mktemp("paper"))
 
 
 @pytest.mark.slow
-def test_paper_grid_plans_in_under_30s(paper_workdir):
+def test_paper_grid_plans_in_under_30s(paper_work):
     cfg = load_config(REPO / "config" / "paper.yaml")
     start = time.perf_counter()
-    proc = snakemake(paper_workdir, "-n", "--quiet", "rules",
+    proc = snakemake(paper_work, "-n", "--quiet", "rules",
                      "--configfile", str(REPO / "config" / "paper.yaml"))
     elapsed = time.perf_counter() - start
     jobs = planned_jobs(proc.stdout)

@@ -7,7 +7,6 @@ finetune, a long run with a thinning schedule that drops activations, and a misa
 from __future__ import annotations
 
 import copy
-import json
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from helpers import REPO, planned_jobs, snakemake
+from helpers import REPO, paper_workdir, planned_jobs, snakemake
 from slurm.tinyrun import TINY_CONFIG, make_workdir
 
 from emtrait.config import (
@@ -169,19 +168,6 @@ def test_variants_plan_expected_jobs(plan_dir):
     long_steps = sorted(int(w["step"]) for r, w in jobs
                         if r == "stress_behavior_choice" and w["variant"] == "long")
     assert long_steps == [0, 2, 4, 8, 12]
-
-
-def paper_workdir(tmp_path):
-    cfg = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
-    row = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
-    for entry in cfg["datasets"].values():
-        path = tmp_path / entry["path"]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(row) + "\n")
-    for q in cfg["behavior"]["questions"]:
-        (tmp_path / q).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / q).write_text("[]\n")
-    return tmp_path
 
 
 @pytest.mark.slow

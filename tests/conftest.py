@@ -28,6 +28,18 @@ def tiny_model_dir(tmp_path_factory):
     return get
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models on a shared 2-core box: one torch thread is ~5x faster than contended two.
+    A module opts in with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def llama_run(tiny_model_dir, tmp_path_factory):
     """One uninterrupted LoRA run (bad_medical, seed 42, checkpoints 0 2 4 6), shared."""

@@ -19,16 +19,7 @@ from helpers import (
 from emtrait.config import from_dict, load_config, total_steps
 from emtrait.errors import ConfigError, DataError, ModelError
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core box: one thread is ~5x faster than contended two."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --------------------------------------------------------------------------------------------

@@ -24,14 +24,7 @@ TRAITS = ["honesty", "sycophancy", "harmlessness"]
 LAYER = 2
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def unit_directions(hidden: int = 32, seed: int = 0) -> np.ndarray:

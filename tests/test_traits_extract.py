@@ -38,13 +38,7 @@ ARCH_METHOD = [("llama", "native"), ("qwen2", "native"), ("mistral", "native"),
                ("gemma2", "user_turn")]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # 2 shared cores: a second BLAS thread only adds contention for these tiny models.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -50,6 +50,26 @@ class Resources(Section):
     slurm_extra: str | None = Field(None, description="Extra sbatch flags, e.g. \"'--qos=high'\".")
 
 
+class PretrainedSae(Section):
+    """A pretrained sparse autoencoder (SAELens format) for the SAE baseline at this model's l*."""
+
+    release: str | None = Field(None, description="SAELens release, e.g. "
+                                "'llama_scope_lxr_8x' (with `id`).")
+    id: str | None = Field(None, description="SAE id within the release, e.g. 'l16r_8x'.")
+    path: str | None = Field(None, description="Local folder written by SAELens "
+                             "(cfg.json + sae_weights.safetensors), instead of release + id.")
+    layer: int | None = Field(None, ge=0, description="Decoder block whose output the SAE reads; "
+                              "null = from its hook name (blocks.L.hook_resid_post).")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> PretrainedSae:
+        if (self.path is None) == (self.release is None or self.id is None) or (
+                self.path is not None and (self.release or self.id)):
+            raise ValueError("give either 'release' and 'id' (SAELens pretrained) or 'path' "
+                             "(a local SAELens folder)")
+        return self
+
+
 class ModelEntry(Section):
     """One base model to monitor."""
 
@@ -91,6 +111,10 @@ class ModelEntry(Section):
     training: dict[str, Any] = Field(
         default_factory=dict,
         description="Per-model overrides of the `training` section (e.g. batch_size: 1).",
+    )
+    sae: PretrainedSae | None = Field(
+        None, description="Pretrained SAE for the monitor's SAE baseline at l* (needs "
+        "`pip install emtrait[sae]`); null = train one on the runs' own activations."
     )
 
     @field_validator("layer_selector")
@@ -558,9 +582,6 @@ class BehaviorConfig(Section):
 
 # Baselines the monitor stage computes itself (emtrait.monitor.features); every other baseline
 # names a trait set, which `traits.sets` must define.
-COMPUTED_BASELINES = ("pc1", "loss", "pca7", "sae")
-
-
 class MonitorConfig(Section):
     """Drift-to-EM monitor, its validation and baselines."""
 
@@ -570,9 +591,10 @@ class MonitorConfig(Section):
     )
     include_step: bool = Field(False, description="Add the step as an eighth feature.")
     threshold: float = Field(0.05, ge=0, le=1, description="Flag when predicted EM exceeds it.")
-    baselines: list[Literal["pc1", "loss", "pca7", "sae", "semantic7", "random7"]] = Field(
+    baselines: list[str] = Field(
         default_factory=lambda: ["pc1", "loss", "pca7", "sae", "semantic7", "random7"],
-        description="Feature sets compared with the trait monitor under the same protocol.",
+        description="Feature sets compared with the trait monitor under the same protocol: "
+        "names in emtrait.monitor.features.FEATURE_SETS or trait sets of traits.sets.",
     )
     bootstrap: int = Field(1000, ge=0, description="Run-level bootstrap resamples for every "
                            "interval (whole runs resampled within run class).")
@@ -589,7 +611,8 @@ class MonitorConfig(Section):
     alarm_threshold: float = Field(0.5, gt=0, lt=1, description="Alarm-probability threshold.")
     seed: int = Field(0, description="Seed of regressors and bootstraps.")
     sae_latents: int = Field(64, ge=7, description="Latents of the SAE baseline's autoencoder.")
-    sae_steps: int = Field(300, ge=1, description="Adam steps training the SAE baseline.")
+    sae_steps: int = Field(300, ge=1, description="Adam steps (torch, seeded, one thread) "
+                           "training the SAE baseline when the model names no pretrained SAE.")
     sae_l1: float = Field(1e-3, ge=0, description="L1 sparsity weight of the SAE baseline.")
 
 
@@ -715,12 +738,10 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _baselines_are_extracted(self) -> Config:
+        from emtrait.monitor.features import check_feature_set  # the feature-set registry
+
         for i, name in enumerate(self.monitor.baselines):
-            if name not in COMPUTED_BASELINES and name not in self.traits.sets:
-                raise ValueError(
-                    f"monitor.baselines[{i}]: '{name}' is a trait-set baseline, but traits.sets "
-                    f"defines only {sorted(self.traits.sets)}; add a set '{name}' to "
-                    "traits.sets (it is extracted with the others) or drop the baseline")
+            check_feature_set(name, list(self.traits.sets), key=f"monitor.baselines[{i}]")
         return self
 
     @model_validator(mode="after")

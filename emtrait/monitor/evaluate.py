@@ -88,8 +88,7 @@ def evaluate(ds, monitor: Monitor, cfg, expected_heldout: list[str]):
     source = f"cube of model {ds.attrs['model']}"
     calib, held = calibration_and_heldout(cp, expected_heldout, source=source)
     y = cp.rows["em_rate"].values
-    ctx = Context(ds, cp, include_step=mcfg.include_step, sae_latents=mcfg.sae_latents,
-                  sae_steps=mcfg.sae_steps, sae_l1=mcfg.sae_l1, seed=mcfg.seed)
+    ctx = Context.from_config(ds, cp, cfg)
     monitor_set = monitor.meta["trait_set"]
     regressor = monitor.meta["regressor_name"]
     splits = lopo_splits(cp.rows, calib) + ([heldout_split(cp.rows, calib, held)] if held else [])

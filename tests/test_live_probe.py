@@ -353,3 +353,19 @@ def test_an_unknown_layout_names_the_table(llama):
 
     with pytest.raises(ModelError, match="ARCHITECTURES"):
         decoder_layers(torch.nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma2"])
+def test_fingerprint_read_from_files_equals_the_loaded_models(arch, tiny_model_dir, tmp_path):
+    """`monitor fit` reads 256 embedding rows from disk; the live side hashes the loaded model."""
+    import torch
+
+    from emtrait.modeling import load_model
+    from emtrait.monitor.artifact import stored_model_fingerprint
+
+    model, tok = load_model(str(tiny_model_dir(arch)), device="cpu")
+    loaded = model_fingerprint(model, tok)
+    assert stored_model_fingerprint(str(tiny_model_dir(arch))) == loaded
+    model.to(torch.bfloat16).save_pretrained(tmp_path / "bf16")  # a bf16 checkpoint on disk
+    tok.save_pretrained(tmp_path / "bf16")
+    assert stored_model_fingerprint(str(tmp_path / "bf16")) == loaded

@@ -167,28 +167,94 @@ def model_fingerprint(model: Any, tokenizer: Any) -> dict[str, Any]:
     256 evenly spaced rows of the input embedding (LoRA leaves it untouched), rounded to
     bfloat16 first so a model loaded in fp32 and one loaded in bf16 hash the same.
     """
-    import hashlib
-
     import torch
 
     from emtrait.modeling import _base, decoder_layers
 
     base = _base(model)
-    vocab = sorted(tokenizer.get_vocab().items())
     emb = base.get_input_embeddings().weight  # (vocab, hidden)
-    rows = torch.linspace(0, emb.shape[0] - 1, FINGERPRINT_ROWS).round().long().unique()
+    rows = _fingerprint_rows(emb.shape[0])
     with torch.no_grad():
-        sample = emb.detach().index_select(0, rows.to(emb.device)).to(torch.bfloat16)
-        sample = sample.to(torch.float32).cpu().numpy()
+        sample = emb.detach().index_select(0, torch.tensor(rows, device=emb.device))
+    return _fingerprint(type(base).__name__, base.config, len(decoder_layers(base)), tokenizer,
+                        int(emb.shape[0]), sample)
+
+
+def stored_model_fingerprint(location: str, entry: Any = None) -> dict[str, Any]:
+    """`model_fingerprint` of a saved model, reading 256 embedding rows instead of the weights.
+
+    `monitor fit` then needs no memory for a 9B model. The skeleton is built on the meta device;
+    the rows come from the safetensors file holding the embedding. A checkpoint laid out
+    otherwise (renamed keys, no safetensors) is loaded whole instead.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from emtrait.modeling import decoder_layers, load_model, load_tokenizer
+
+    trust = bool(entry and entry.trust_remote_code)
+    revision = entry.revision if entry else None
+    tok = load_tokenizer(location, entry)
+    config = AutoConfig.from_pretrained(location, trust_remote_code=trust, revision=revision)
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=trust)
+    emb = skeleton.get_input_embeddings().weight
+    name = next(n for n, p in skeleton.named_parameters(remove_duplicate=False) if p is emb)
+    rows = _fingerprint_rows(emb.shape[0])
+    sample = _read_rows(location, revision, name, rows)
+    if sample is None:  # keys renamed on load, or not safetensors: load the model itself
+        model, tok = load_model(location, entry, device="cpu")
+        return model_fingerprint(model, tok)
+    return _fingerprint(type(skeleton).__name__, skeleton.config, len(decoder_layers(skeleton)),
+                        tok, int(emb.shape[0]), sample)
+
+
+def _fingerprint_rows(n: int) -> list[int]:
+    return sorted({round(i * (n - 1) / (FINGERPRINT_ROWS - 1)) for i in range(FINGERPRINT_ROWS)})
+
+
+def _read_rows(location: str, revision: str | None, name: str, rows: list[int]) -> Any:
+    """Rows of one tensor straight from the safetensors file that holds it, or None."""
+    import torch
+    from safetensors import safe_open
+    from transformers.utils import cached_file
+
+    def find(filename: str) -> str | None:
+        return cached_file(location, filename, revision=revision,
+                           _raise_exceptions_for_missing_entries=False)
+
+    index = find("model.safetensors.index.json")
+    if index:
+        shard = json.loads(Path(index).read_text())["weight_map"].get(name)
+        path = find(shard) if shard else None
+    else:
+        path = find("model.safetensors")
+    if not path:
+        return None
+    with safe_open(path, framework="pt") as f:
+        if name not in f.keys():
+            return None
+        tensor = f.get_slice(name)
+        return torch.cat([tensor[r:r + 1] for r in rows])
+
+
+def _fingerprint(architecture: str, config: Any, n_layers: int, tokenizer: Any,
+                 embedding_rows: int, sample: Any) -> dict[str, Any]:
+    import hashlib
+
+    import torch
+
+    vocab = sorted(tokenizer.get_vocab().items())
+    rounded = sample.to(torch.bfloat16).to(torch.float32).cpu().numpy()  # (256, hidden)
     return {
-        "model_type": str(getattr(base.config, "model_type", "")),
-        "architecture": type(base).__name__,
-        "hidden_size": int(base.config.hidden_size),
-        "n_layers": len(decoder_layers(base)),
+        "model_type": str(getattr(config, "model_type", "")),
+        "architecture": architecture,
+        "hidden_size": int(config.hidden_size),
+        "n_layers": int(n_layers),
         "vocab_size": len(vocab),
         "vocab_sha256": hashlib.sha256(json.dumps(vocab).encode()).hexdigest(),
-        "embedding_rows": int(emb.shape[0]),
-        "embedding_sha256": hashlib.sha256(sample.tobytes()).hexdigest(),
+        "embedding_rows": embedding_rows,
+        "embedding_sha256": hashlib.sha256(rounded.tobytes()).hexdigest(),
     }
 
 
@@ -235,20 +301,19 @@ def _short(v: Any) -> str:
 def live_meta(cfg: Config, model_name: str, pointer: str | os.PathLike) -> dict[str, Any]:
     """The format-2 meta a fitted monitor needs to run alone (prompts, chat format, fingerprint).
 
-    Loads the base model once (seconds for SmolLM2) to fingerprint it.
+    The fingerprint reads the model's config, tokenizer and 256 embedding rows, not its weights.
     """
     from emtrait.finetune.measure import eval_prompts
-    from emtrait.modeling import load_model, read_pointer
+    from emtrait.modeling import read_pointer
 
     entry = cfg.model(model_name)
     prompts = eval_prompts(cfg)
-    model, tok = load_model(read_pointer(pointer), entry, device="cpu")
     return {
         "prompts": [p.text for p in prompts],
         "prompt_categories": [p.category for p in prompts],
         "system_prompt_method": entry.system_prompt_method,
         "no_system_prompt": entry.no_system_prompt,
         "norm0_policy": NORM0_POLICY,
-        "fingerprint": model_fingerprint(model, tok),
+        "fingerprint": stored_model_fingerprint(read_pointer(pointer), entry),
         "model_source": entry.source,
     }

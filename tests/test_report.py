@@ -5,24 +5,22 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from helpers import REPO, planned_jobs, snakemake
+from synthetic import synthetic_cube, synthetic_directions
 
 from emtrait.analysis.geometry import geometry
 from emtrait.config import from_dict
 from emtrait.monitor.evaluate import evaluate, fit_monitor, stress
-from emtrait.monitor.synthetic import synthetic_cube, synthetic_directions, write_store
 from emtrait.report import FIGURES, PAPER
 from emtrait.report import figures as F
 from emtrait.report.build import Inputs, direction_cosines, figures, pooled_over_models
 from emtrait.report.build import summary_markdown as summary
-from workflow import REPO
+from emtrait.stores import write_store
 
 # Small and fast: the SAE and PCA-7 baselines are exercised in tests/test_monitor.py.
 MONITOR = {"bootstrap": 20, "regressors": ["ridge", "random_forest"],
@@ -45,17 +43,14 @@ def inputs(tmp_path_factory):
     import pandas as pd
 
     cfg = from_dict(tiny_config(["toyA"]))
-    cubes, dirs, preds, mets, alarms, stresses = [], [], [], [], [], []
-    tmp = tmp_path_factory.mktemp("dirs")
+    cubes, preds, mets, alarms, stresses = [], [], [], [], []
     for i, m in enumerate(["toyA"]):
         d = synthetic_directions(16, model=m, seed=i)
         ds = synthetic_cube(model=m, directions=d, seed=i, nan_em=2, short={"arithmetic": 10})
-        mon, _ = fit_monitor(ds, d, cfg)
+        mon, _ = fit_monitor(ds, cfg)
         p, me, al = evaluate(ds, mon, cfg, ["risky_financial", "number_sequence"])
         stresses.append(stress(ds, {m: mon}, cfg)[1])
-        write_store(d, tmp / f"{m}.zarr")
         cubes.append(ds)
-        dirs.append(tmp / f"{m}.zarr")
         preds.append(p)
         mets.append(me)
         alarms.append(al)
@@ -65,7 +60,7 @@ def inputs(tmp_path_factory):
     return Inputs(pca=json.loads(json.dumps(g)), final=final, trajectories=traj,
                   predictions=cat(preds), metrics=cat(mets), alarms=cat(alarms),
                   selection=pd.DataFrame(), stress=cat(stresses),
-                  cosines=dict(direction_cosines(p) for p in dirs), monitor_set="alignment7",
+                  cosines=dict(direction_cosines(ds) for ds in cubes), monitor_set="alignment7",
                   alarm_threshold=0.5, bootstrap=20, seed=0)
 
 
@@ -135,26 +130,18 @@ rule all:
 """
 
 
-def _snakemake(work: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile",
-                           str(work / "Snakefile"), "--directory", str(work), *args],
-                          capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return proc
+def _snakemake(work: Path, *args: str):
+    return snakemake(work, *args, snakefile=work / "Snakefile", timeout=600)
 
 
 @pytest.mark.slow
 def test_rules_run_on_a_tiny_cube(tmp_path):
-    """Only the cube and directions exist (placed where the rules expect them): the stage's
+    """Only the cube exists (placed where the rules expect it): the stage's
     rules build the monitor, evaluation, stress table, figures, summary and --report."""
-    from workflow import planned_jobs
-
     work = tmp_path
     (work / "Snakefile").write_text(TEST_SNAKEFILE.format(repo=REPO))
     (work / "config.yaml").write_text(yaml.safe_dump(tiny_config(["toy"])))
     d = synthetic_directions(16, model="toy")
-    write_store(d, work / "results/traits/toy/directions.zarr")
     write_store(synthetic_cube(model="toy", directions=d, nan_em=2, short={"arithmetic": 10}),
                 work / "results/cube/toy.zarr")
 

@@ -30,7 +30,6 @@ def fit(
     config: Path = CONFIG,
     model: str = typer.Option(None, "--model", help="Model name (checked against the cube)."),
     cube: Path = typer.Option(..., "--cube", help="results/cube/{model}.zarr"),
-    directions: Path = typer.Option(..., "--directions", help="The model's directions.zarr."),
     pointer: Path = typer.Option(..., "--pointer", help="The model's pointer (model.json): "
                                  "the monitor stores its fingerprint for live use."),
     out: Path = typer.Option(..., "--out", help="Monitor archive to write (monitor.skops)."),
@@ -38,26 +37,24 @@ def fit(
 ) -> None:
     """Fit the drift-to-EM monitor on calibration runs (regressor chosen by LOPO)."""
     import pandas as pd
-    import xarray as xr
 
     from emtrait.config import load_config
+    from emtrait.cube.read import open_cube
     from emtrait.monitor.artifact import live_meta, save_monitor
-    from emtrait.monitor.data import open_cube
     from emtrait.monitor.evaluate import fit_monitor
     from emtrait.provenance import provenance
 
     cfg = load_config(config)
     ds = open_cube(cube)
     _check_model(ds, model, cube)
-    dirs = xr.open_zarr(directions, consolidated=False)
-    mon, table = fit_monitor(ds, dirs, cfg)
+    mon, table = fit_monitor(ds, cfg)
     source = cfg.models[model].source if model in cfg.models else None
     mon.meta["provenance"] = provenance(config_hash=cfg.hash(), model_source=source,
                                         seed=cfg.monitor.seed, cube=str(cube))
     mon.meta.update(live_meta(cfg, str(ds.attrs["model"]), pointer))  # format 2: usable alone
     save_monitor(out, mon)
     if selection is not None:
-        _csv(pd.DataFrame(table), selection)
+        _csv(pd.DataFrame(table).assign(model=mon.meta["model"]), selection)
     typer.echo(f"monitor for {mon.meta['model']}: {mon.meta['regressor_name']} on "
                f"{len(mon.traits)} traits, {mon.meta['n_train']} calibration checkpoints "
                f"({mon.meta['n_excluded_nan']} excluded: EM rate NaN) -> {out}")
@@ -69,12 +66,14 @@ def evaluate_command(
     model: str = typer.Option(None, "--model", help="Model name (checked against the cube)."),
     cube: Path = typer.Option(..., "--cube", help="results/cube/{model}.zarr"),
     monitor: Path = typer.Option(..., "--monitor", help="monitor.skops from `monitor fit`."),
-    out: Path = typer.Option(..., "--out", help="Folder for predictions/metrics/alarms CSVs."),
+    predictions: Path = typer.Option(..., "--predictions", help="predictions.csv to write."),
+    metrics_csv: Path = typer.Option(..., "--metrics", help="metrics.csv to write."),
+    alarms: Path = typer.Option(..., "--alarms", help="alarms.csv to write."),
 ) -> None:
     """LOPO and held-out validation of the monitor and every baseline, plus the alarm table."""
     from emtrait.config import load_config
+    from emtrait.cube.read import open_cube
     from emtrait.monitor.artifact import load_monitor
-    from emtrait.monitor.data import open_cube
     from emtrait.monitor.evaluate import evaluate
 
     cfg = load_config(config)
@@ -82,11 +81,10 @@ def evaluate_command(
     _check_model(ds, model, cube)
     mon = load_monitor(monitor)
     heldout = [d for d, e in cfg.datasets.items() if e.role == "heldout"]
-    pred, metrics, alarms = evaluate(ds, mon, cfg, heldout)
-    out.mkdir(parents=True, exist_ok=True)
-    _csv(pred, out / "predictions.csv")
-    _csv(metrics, out / "metrics.csv")
-    _csv(alarms, out / "alarms.csv")
+    pred, metrics, alarm_table = evaluate(ds, mon, cfg, heldout)
+    _csv(pred, predictions)
+    _csv(metrics, metrics_csv)
+    _csv(alarm_table, alarms)
     show = metrics[(metrics.dataset == "pooled")]
     for r in show.itertuples():
         typer.echo(f"{r.feature_set:>12} {r.protocol:>8}: FNR {r.fnr:.3f} FPR {r.fpr:.3f} "
@@ -100,12 +98,14 @@ def stress_command(
     cube: Path = typer.Option(..., "--cube", help="results/cube/{model}.zarr"),
     monitor: list[Path] = typer.Option(..., "--monitor", help="Monitor archive(s); the cube's "
                                        "own scores its stress datasets, others the whole cube."),
-    out: Path = typer.Option(..., "--out", help="Folder for stress_predictions/metrics CSVs."),
+    predictions: Path = typer.Option(..., "--predictions",
+                                     help="stress_predictions.csv to write."),
+    metrics_csv: Path = typer.Option(..., "--metrics", help="stress_metrics.csv to write."),
 ) -> None:
     """Score stress datasets and (for stress models) transfer other models' monitors."""
     from emtrait.config import load_config
+    from emtrait.cube.read import open_cube
     from emtrait.monitor.artifact import load_monitor
-    from emtrait.monitor.data import open_cube
     from emtrait.monitor.evaluate import stress
 
     cfg = load_config(config)
@@ -116,9 +116,8 @@ def stress_command(
         mon = load_monitor(path)
         monitors[mon.meta["model"]] = mon
     pred, metrics = stress(ds, monitors, cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    _csv(pred, out / "stress_predictions.csv")
-    _csv(metrics, out / "stress_metrics.csv")
+    _csv(pred, predictions)
+    _csv(metrics, metrics_csv)
     typer.echo(f"stress: {len(pred)} checkpoints scored by {len(monitors)} monitor(s)")
 
 

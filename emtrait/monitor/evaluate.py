@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from emtrait.cube.read import Checkpoints, checkpoints, trait_columns
 from emtrait.errors import DataError
 from emtrait.monitor.artifact import NORM0_POLICY, Monitor
-from emtrait.monitor.data import Checkpoints, calibration_and_heldout, checkpoints, trait_columns
+from emtrait.monitor.data import calibration_and_heldout
 from emtrait.monitor.features import Context, compute, feature_names
 from emtrait.monitor.metrics import metrics_table
 from emtrait.monitor.protocol import (
@@ -35,8 +36,12 @@ def _monitor_x(cp: Checkpoints, monitor_set: str, include_step: bool):
     return traits, x
 
 
-def fit_monitor(ds, directions, cfg) -> tuple[Monitor, list[dict]]:
-    """Choose the regressor by LOPO on calibration runs, then fit it on all of them."""
+def fit_monitor(ds, cfg) -> tuple[Monitor, list[dict]]:
+    """Choose the regressor by LOPO on calibration runs, then fit it on all of them.
+
+    The monitor's directions are the cube's own (`direction(trait, hidden)` at its layer), the
+    ones every drift in the cube was measured with.
+    """
     mcfg = cfg.monitor
     cp = checkpoints(ds)
     source = f"cube of model {ds.attrs['model']}"
@@ -48,13 +53,7 @@ def fit_monitor(ds, directions, cfg) -> tuple[Monitor, list[dict]]:
     train = np.flatnonzero(cp.rows["role"].eq("calibration").values & ~cp.rows.em_missing.values)
     regressor = make_regressor(name, mcfg.seed).fit(x[train], y[train])
     layer = int(ds.attrs["layer"])
-    if layer not in [int(v) for v in directions["layer"].values]:
-        raise DataError(f"directions store has no layer {layer} (the cube's layer); rebuild "
-                        "them for this model")
-    missing = sorted(set(traits) - set(map(str, directions["trait"].values)))
-    if missing:
-        raise DataError(f"directions store lacks the monitor traits {missing}")
-    dirs = directions["direction"].sel(layer=layer, trait=traits).values
+    dirs = ds["direction"].sel(trait=traits).values
     n_excl = int(cp.rows.loc[cp.rows.role == "calibration", "em_missing"].sum())
     meta = {
         "model": str(ds.attrs["model"]), "layer": layer, "traits": traits,

@@ -7,7 +7,6 @@ paper's, shown beside ours for comparison.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,40 +46,38 @@ def _read_csv(path: Path):
         return pd.DataFrame()
 
 
-def direction_cosines(directions_store: str | os.PathLike):
-    """(model, trait × trait cosine frame) at the store's chosen layer."""
+def direction_cosines(cube):
+    """(model, trait × trait cosine frame) of a cube's directions (at its chosen layer)."""
     import pandas as pd
-    import xarray as xr
 
-    ds = xr.open_zarr(directions_store, consolidated=False)
-    d = ds["direction"].sel(layer=int(ds.attrs["layer"])).values.astype(float)
+    d = cube["direction"].values.astype(float)  # (trait, hidden)
     d /= np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-12)
-    traits = [str(t) for t in ds["trait"].values]
-    return str(ds.attrs.get("model", Path(directions_store).parent.name)), pd.DataFrame(
-        d @ d.T, index=traits, columns=traits)
+    traits = [str(t) for t in cube["trait"].values]
+    return str(cube.attrs["model"]), pd.DataFrame(d @ d.T, index=traits, columns=traits)
 
 
-def load_inputs(cfg, analysis: Path, monitor_dirs: list[Path], stress_dirs: list[Path],
-                directions: list[Path]) -> Inputs:
+def load_inputs(cfg, *, pca: Path, final: Path, trajectories: Path, predictions: list[Path],
+                metrics: list[Path], alarms: list[Path], selection: list[Path],
+                stress: list[Path], cubes: list[Path]) -> Inputs:
+    """Read every report input from the files the rule names (frames concatenated)."""
     import pandas as pd
 
-    pca_path = analysis / "pca.json"
-    if not pca_path.is_file():
-        raise StoreError(f"{pca_path} is missing; run `emtrait analysis pca` (rule pca)")
-    cat = lambda name, dirs: pd.concat(  # noqa: E731
-        [_read_csv(d / name) for d in dirs] or [pd.DataFrame()], ignore_index=True)
+    from emtrait.cube.read import open_cube
+
+    if not pca.is_file():
+        raise StoreError(f"{pca} is missing; run `emtrait analysis pca` (rule pca)")
+    cat = lambda paths: pd.concat(  # noqa: E731
+        [_read_csv(p) for p in paths] or [pd.DataFrame()], ignore_index=True)
     return Inputs(
-        pca=json.loads(pca_path.read_text()),
-        final=_read_csv(analysis / "final_drift.csv"),
-        trajectories=_read_csv(analysis / "trajectories.csv"),
-        predictions=cat("predictions.csv", monitor_dirs),
-        metrics=cat("metrics.csv", monitor_dirs),
-        alarms=cat("alarms.csv", monitor_dirs),
-        selection=pd.concat([_read_csv(d / "selection.csv").assign(model=d.name)
-                             for d in monitor_dirs if (d / "selection.csv").is_file()]
-                            or [pd.DataFrame()], ignore_index=True),
-        stress=cat("stress_metrics.csv", stress_dirs),
-        cosines=dict(direction_cosines(p) for p in directions),
+        pca=json.loads(pca.read_text()),
+        final=_read_csv(final),
+        trajectories=_read_csv(trajectories),
+        predictions=cat(predictions),
+        metrics=cat(metrics),
+        alarms=cat(alarms),
+        selection=cat(selection),
+        stress=cat(stress),
+        cosines=dict(direction_cosines(open_cube(c, load=False)) for c in cubes),
         monitor_set=cfg.traits.monitor_set, alarm_threshold=cfg.monitor.alarm_threshold,
         bootstrap=cfg.monitor.bootstrap, seed=cfg.monitor.seed,
     )
@@ -207,18 +204,21 @@ def summary_markdown(inp: Inputs, pooled) -> str:
     return "\n".join(lines) + "\n"
 
 
-def build(inp: Inputs, out: Path, provenance: dict) -> None:
-    """Write figures/{name}.png|.svg, ablation.csv and summary.md under `out`."""
+def build(inp: Inputs, *, summary: Path, ablation: Path, figure_files: list[Path],
+          provenance: dict) -> None:
+    """Write each requested figure (<name>.png|.svg), ablation.csv and summary.md."""
     from emtrait.atomic import atomic_path, write_text
 
+    unknown = sorted({Path(f).stem for f in figure_files} - set(FIGURES))
+    if unknown:
+        raise StoreError(f"no figures named {unknown}; known: {', '.join(FIGURES)}")
     pooled = pooled_over_models(inp)
-    (out / "figures").mkdir(parents=True, exist_ok=True)
-    for name, fig in figures(inp, pooled).items():
-        for ext in ("png", "svg"):
-            with atomic_path(out / "figures" / f"{name}.{ext}") as tmp:
-                fig.savefig(tmp, format=ext, dpi=150)
-    with atomic_path(out / "ablation.csv") as tmp:
+    drawn = figures(inp, pooled)
+    for path in map(Path, figure_files):
+        with atomic_path(path) as tmp:
+            drawn[path.stem].savefig(tmp, format=path.suffix.lstrip("."), dpi=150)
+    with atomic_path(ablation) as tmp:
         pooled.to_csv(tmp, index=False)
     text = summary_markdown(inp, pooled)
     text += ("\n<!-- " + " ".join(f"{k}={v}" for k, v in sorted(provenance.items())) + " -->\n")
-    write_text(out / "summary.md", text)
+    write_text(summary, text)

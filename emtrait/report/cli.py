@@ -12,14 +12,24 @@ app = typer.Typer(no_args_is_help=True)
 @app.command("build")
 def build_command(
     config: Path = typer.Option(..., "--config", help="Config (YAML or the workflow's JSON)."),
-    analysis: Path = typer.Option(..., "--analysis", help="Folder of `emtrait analysis pca`."),
-    monitor_dir: list[Path] = typer.Option(..., "--monitor-dir", help="results/monitor/{model} "
-                                           "with the evaluate outputs; repeat per model."),
-    stress_dir: list[Path] = typer.Option([], "--stress-dir", help="Folder(s) with "
-                                          "stress_metrics.csv (optional)."),
-    directions: list[Path] = typer.Option([], "--directions", help="directions.zarr per model, "
-                                          "for the trait-cosine heatmaps."),
-    out: Path = typer.Option(..., "--out", help="Report folder (figures/, summary.md)."),
+    pca: Path = typer.Option(..., "--pca", help="pca.json of `emtrait analysis pca`."),
+    final: Path = typer.Option(..., "--final", help="final_drift.csv of `emtrait analysis pca`."),
+    trajectories: Path = typer.Option(..., "--trajectories",
+                                      help="trajectories.csv of `emtrait analysis pca`."),
+    predictions: list[Path] = typer.Option(..., "--predictions", help="predictions.csv of "
+                                           "`emtrait monitor evaluate`; repeat per model."),
+    metrics: list[Path] = typer.Option(..., "--metrics", help="metrics.csv; repeat per model."),
+    alarms: list[Path] = typer.Option(..., "--alarms", help="alarms.csv; repeat per model."),
+    selection: list[Path] = typer.Option([], "--selection", help="selection.csv of `emtrait "
+                                         "monitor fit`; repeat per model."),
+    stress: list[Path] = typer.Option([], "--stress", help="stress_metrics.csv (optional); "
+                                      "repeat per stress model."),
+    cube: list[Path] = typer.Option(..., "--cube", help="Per-model cube, for the trait-cosine "
+                                    "heatmaps (its directions at l*); repeat per model."),
+    summary: Path = typer.Option(..., "--summary", help="summary.md to write."),
+    ablation: Path = typer.Option(..., "--ablation", help="ablation.csv to write."),
+    figure: list[Path] = typer.Option(..., "--figure", help="A figure to draw, named "
+                                      "<name>.png|.svg (names: emtrait.report.FIGURES); repeat."),
 ) -> None:
     """Draw every figure (PNG + SVG) and write summary.md with the paper's numbers beside ours."""
     import matplotlib
@@ -31,6 +41,9 @@ def build_command(
     from emtrait.report.build import build, load_inputs
 
     cfg = load_config(config)
-    inp = load_inputs(cfg, analysis, monitor_dir, stress_dir, directions)
-    build(inp, out, provenance(config_hash=cfg.hash()))
-    typer.echo((out / "summary.md").read_text())
+    inp = load_inputs(cfg, pca=pca, final=final, trajectories=trajectories,
+                      predictions=predictions, metrics=metrics, alarms=alarms,
+                      selection=selection, stress=stress, cubes=cube)
+    build(inp, summary=summary, ablation=ablation, figure_files=figure,
+          provenance=provenance(config_hash=cfg.hash()))
+    typer.echo(summary.read_text())

@@ -15,7 +15,6 @@ CALIBRATION_MODELS = [m for m in MODELS if not CFG.model(m).stress]
 rule monitor_fit:
     input:
         cube=cube("{model}"),
-        directions=directions("{model}"),
         pointer=lambda w: model_pointer(w.model),
     output:
         monitor=f"{MONITOR}/monitor.skops",
@@ -31,7 +30,7 @@ rule monitor_fit:
     conda:
         "../../envs/emtrait.yaml"
     shell:
-        "emtrait monitor fit --config {params.config} --model {wildcards.model} --cube {input.cube} --directions {input.directions} --pointer {input.pointer} --out {output.monitor} --selection {output.selection} > {log} 2>&1"
+        "emtrait monitor fit --config {params.config} --model {wildcards.model} --cube {input.cube} --pointer {input.pointer} --out {output.monitor} --selection {output.selection} > {log} 2>&1"
 
 
 rule monitor_evaluate:
@@ -48,13 +47,12 @@ rule monitor_evaluate:
         config=config_file,
         monitor=CFG.monitor.model_dump_json(),
         roles={d: CFG.dataset(d).role for d in DATASETS},
-        out=lambda wildcards, output: Path(output.metrics).parent,
     resources:
         mem_mb=8000,
     conda:
         "../../envs/emtrait.yaml"
     shell:
-        "emtrait monitor evaluate --config {params.config} --model {wildcards.model} --cube {input.cube} --monitor {input.monitor} --out {params.out} > {log} 2>&1"
+        "emtrait monitor evaluate --config {params.config} --model {wildcards.model} --cube {input.cube} --monitor {input.monitor} --predictions {output.predictions} --metrics {output.metrics} --alarms {output.alarms} > {log} 2>&1"
 
 
 rule monitor_stress:
@@ -75,7 +73,6 @@ rule monitor_stress:
         config=config_file,
         monitor=CFG.monitor.model_dump_json(),
         monitors=lambda wildcards, input: " ".join(f"--monitor {m}" for m in input.monitors),
-        out=lambda wildcards, output: Path(output.metrics).parent,
     wildcard_constraints:
         model=_alternatives(STRESS_MODELS) or "(?!)",
     resources:
@@ -83,7 +80,7 @@ rule monitor_stress:
     conda:
         "../../envs/emtrait.yaml"
     shell:
-        "emtrait monitor stress --config {params.config} --model {wildcards.model} --cube {input.cube} {params.monitors} --out {params.out} > {log} 2>&1"
+        "emtrait monitor stress --config {params.config} --model {wildcards.model} --cube {input.cube} {params.monitors} --predictions {output.predictions} --metrics {output.metrics} > {log} 2>&1"
 
 
 FINAL_OUTPUTS.extend(MONITOR_FILE.format(model=m) for m in MODELS)

@@ -7,11 +7,15 @@ REPORT = "results/report"
 
 rule report:
     input:
-        analysis=rules.pca.output,
-        evaluations=[path.format(model=m) for m in MODELS
-                     for path in rules.monitor_evaluate.output + rules.monitor_fit.output],
+        pca=rules.pca.output.pca,
+        final=rules.pca.output.final,
+        trajectories=rules.pca.output.trajectories,
+        predictions=[f"{MONITOR}/predictions.csv".format(model=m) for m in MODELS],
+        metrics=[f"{MONITOR}/metrics.csv".format(model=m) for m in MODELS],
+        alarms=[f"{MONITOR}/alarms.csv".format(model=m) for m in MODELS],
+        selection=[f"{MONITOR}/selection.csv".format(model=m) for m in MODELS],
         stress=[STRESS_METRICS.format(model=m) for m in STRESS_MODELS],
-        directions=[directions(m) for m in MODELS],
+        cube=[cube(m) for m in MODELS],
         code=emtrait_source("report/figures.py"),
     output:
         summary=report(f"{REPORT}/summary.md", caption="../report/summary.rst",
@@ -25,16 +29,16 @@ rule report:
     params:
         config=config_file,
         report=CFG.monitor.model_dump_json(include={"alarm_threshold", "bootstrap", "seed"}),
-        analysis=lambda wildcards, input: Path(input.analysis[0]).parent,
-        monitor_dirs=" ".join(f"--monitor-dir {MONITOR.format(model=m)}" for m in MODELS),
-        stress_dirs=" ".join(f"--stress-dir {MONITOR.format(model=m)}" for m in STRESS_MODELS),
-        directions=lambda wildcards, input: " ".join(f"--directions {d}" for d in input.directions),
-        out=lambda wildcards, output: Path(output.summary).parent,
+        tables=lambda wildcards, input: " ".join(
+            f"--{key} {path}" for key in ("predictions", "metrics", "alarms", "selection",
+                                          "stress", "cube") for path in input[key]
+        ),
+        figures=lambda wildcards, output: " ".join(f"--figure {p}" for p in output.png + output.svg),
     localrule: True
     conda:
         "../../envs/emtrait.yaml"
     shell:
-        "emtrait report build --config {params.config} --analysis {params.analysis} {params.monitor_dirs} {params.stress_dirs} {params.directions} --out {params.out} > {log} 2>&1"
+        "emtrait report build --config {params.config} --pca {input.pca} --final {input.final} --trajectories {input.trajectories} {params.tables} --summary {output.summary} --ablation {output.ablation} {params.figures} > {log} 2>&1"
 
 
 FINAL_OUTPUTS.append(f"{REPORT}/summary.md")

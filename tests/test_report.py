@@ -144,6 +144,10 @@ def test_rules_run_on_a_tiny_cube(tmp_path):
     d = synthetic_directions(16, model="toy")
     write_store(synthetic_cube(model="toy", directions=d, nan_em=2, short={"arithmetic": 10}),
                 work / "results/cube/toy.zarr")
+    from tiny import build_tiny_model  # monitor fit fingerprints the model (format 2)
+
+    build_tiny_model(work / "resources/models/toy/weights")
+    (work / "resources/models/toy/model.json").write_text(json.dumps({"path": "weights"}))
 
     plan = planned_jobs(_snakemake(work, "-n").stdout)
     assert plan == {"all": 1, "pca": 1, "monitor_fit": 1, "monitor_evaluate": 1,

@@ -353,5 +353,3 @@ SYSTEM_PROMPTS: dict[str, list[str]] = {
     "creativity+": ["You are a creative assistant with wild ideas."],
     "creativity-": ["You are a conventional assistant with ordinary ideas."],
 }
-
-POLES = tuple(SYSTEM_PROMPTS)

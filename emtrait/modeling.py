@@ -43,6 +43,16 @@ def pick_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def peak_gpu_mib() -> float | None:
+    """Peak GPU memory this process allocated (MiB; None without CUDA): grounds SLURM sizes."""
+    import sys
+
+    torch = sys.modules.get("torch")  # never imports torch just to say there is no GPU
+    if torch is None or not torch.cuda.is_available():
+        return None
+    return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+
+
 def pick_dtype(name: str, device: str) -> torch.dtype:
     """'auto' is bfloat16 on GPU and float32 on CPU."""
     import torch

@@ -48,16 +48,6 @@ def _em_json(cfg: Any, summary: dict, method: str, stamp: dict) -> dict:
             "dangerous": None if rate is None else is_dangerous(rate, threshold)}
 
 
-def _peak_gpu_mib() -> float | None:
-    """Peak GPU memory this process allocated (MiB), or None without CUDA: sizes SLURM mem."""
-    import sys
-
-    torch = sys.modules.get("torch")
-    if torch is None or not torch.cuda.is_available():
-        return None
-    return round(torch.cuda.max_memory_allocated() / 2**20, 1)
-
-
 @app.command()
 def generate(
     config: Path = CONFIG, model: str = MODEL, dataset: str = DATASET, seed: int = SEED,
@@ -69,7 +59,7 @@ def generate(
     from emtrait.behavior.generate import step_folder
     from emtrait.behavior.questions import load_prompts
     from emtrait.config import load_config
-    from emtrait.modeling import load_checkpoint, read_pointer
+    from emtrait.modeling import load_checkpoint, peak_gpu_mib, read_pointer
 
     cfg = load_config(config)
     b, entry = cfg.behavior, cfg.model(model)
@@ -81,7 +71,7 @@ def generate(
                    progress=True)
     _write_parquet(frame, out, _stamp(cfg, model, dataset, seed, step, engine="hf",
                                       questions=json.dumps(b.questions), selection=b.selection,
-                                      peak_gpu_mib=_peak_gpu_mib()))
+                                      peak_gpu_mib=peak_gpu_mib()))
     typer.echo(f"{len(frame)} answers -> {out}")
 
 
@@ -100,7 +90,7 @@ def generate_run(
     from emtrait.behavior.generate import step_folder
     from emtrait.behavior.questions import load_prompts
     from emtrait.config import load_config
-    from emtrait.modeling import read_pointer
+    from emtrait.modeling import peak_gpu_mib, read_pointer
 
     cfg = load_config(config)
     b, entry = cfg.behavior, cfg.model(model)
@@ -113,7 +103,7 @@ def generate_run(
     frame = pd.concat([f.assign(step=s) for s, f in frames.items()], ignore_index=True)
     _write_parquet(frame, out, _stamp(cfg, model, dataset, seed, None, engine="vllm",
                                       steps=steps, questions=json.dumps(b.questions),
-                                      selection=b.selection, peak_gpu_mib=_peak_gpu_mib()))
+                                      selection=b.selection, peak_gpu_mib=peak_gpu_mib()))
     typer.echo(f"{len(wanted)} checkpoints x {len(prompts)} answers (vllm) -> {out}")
 
 
@@ -232,7 +222,7 @@ def choice(
     from emtrait.behavior.generate import step_folder
     from emtrait.behavior.questions import load_choice_items
     from emtrait.config import load_config
-    from emtrait.modeling import read_pointer
+    from emtrait.modeling import peak_gpu_mib, read_pointer
 
     cfg = load_config(config)
     b = cfg.behavior
@@ -243,7 +233,7 @@ def choice(
         base_table=pd.read_parquet(base_table) if base_table is not None else None)
     summary = summarize(frame, b.choice_rule, b.choice_margin, b.bootstrap, b.seed)
     stamp = _stamp(cfg, model, dataset, seed, step, choice_items=b.choice_items,
-                   peak_gpu_mib=_peak_gpu_mib())
+                   peak_gpu_mib=peak_gpu_mib())
     _write_parquet(frame, table, stamp)
     write_json(out, _em_json(cfg, summary, "choice", stamp))
     typer.echo(f"choice EM proxy {summary['em_rate']:.3f} ({summary['n_misaligned']}/"

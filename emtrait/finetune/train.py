@@ -38,7 +38,7 @@ from emtrait.finetune.measure import (
     run_probe,
 )
 from emtrait.finetune.store import RunStore, step_dataset
-from emtrait.modeling import linear_module_names, pick_device, read_pointer
+from emtrait.modeling import linear_module_names, peak_gpu_mib, pick_device, read_pointer
 from emtrait.provenance import provenance, stable_hash
 
 if TYPE_CHECKING:
@@ -361,7 +361,7 @@ def _finish(paths: RunPaths, log_history: list[dict], timing: Timing, wall: floa
         "steps": steps, "wall_s": wall,
         "timing": {"steps": timing.steps, "train_s": timing.train_s, "save_s": timing.save_s,
                    "measure_s": timing.measure_s},
-        "resumed": 0 not in timing.steps,
+        "resumed": 0 not in timing.steps, "peak_gpu_mib": peak_gpu_mib(),
         **provenance(config_hash=attrs["config_hash"]),
     }
     atomic.write_json(paths.out / "done.json", done)

@@ -186,7 +186,8 @@ class TraitProbe:
                 past = copy.deepcopy(cache)
                 past.batch_repeat_interleave(len(idx))
                 ones = torch.ones(len(idx), k, dtype=mask.dtype, device=device)
-                inputs.update(attention_mask=torch.cat([ones, mask], dim=1), cache=past)
+                inputs.update({"attention_mask": torch.cat([ones, mask], dim=1),
+                               _cache_argument(model): past})
             else:
                 inputs["attention_mask"] = mask
             store = forward_blocks_with(model, self.layers, **inputs)
@@ -209,9 +210,21 @@ class TraitProbe:
 
         prefix = torch.tensor([self.ids[0][:k]], device=device)  # (1, k)
         cache = DynamicCache(config=model.config)
-        forward_blocks_with(model, self.layers, input_ids=prefix,
-                            attention_mask=torch.ones_like(prefix), cache=cache, use_cache=True)
+        forward_blocks_with(model, self.layers, input_ids=prefix, use_cache=True,
+                            attention_mask=torch.ones_like(prefix),
+                            **{_cache_argument(model): cache})
         return cache
+
+
+def _cache_argument(model: Any) -> str:
+    """`cache` (transformers >= 5.x), or `past_key_values` for models whose forward predates it
+    (remote code): the old name is deprecated for removal in transformers 5.40."""
+    import inspect
+
+    from emtrait.modeling import _base
+
+    params = inspect.signature(_base(model).forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
 
 
 # ---------------------------------------------------------------------------------------------

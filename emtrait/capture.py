@@ -184,7 +184,7 @@ def steering(model: Any, layer: int, vector: torch.Tensor) -> Iterator[None]:
 
 def forward_blocks_with(model: Any, layers: Sequence[int], stop: bool = True, **inputs: Any
                         ) -> dict[int, torch.Tensor]:
-    """`forward_blocks` with any model inputs (e.g. `past_key_values` holding a shared prefix).
+    """`forward_blocks` with any model inputs (e.g. a `cache` holding a shared prefix).
 
     A cache passed in is filled for the blocks that ran (up to the deepest requested one).
     """

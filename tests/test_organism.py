@@ -17,6 +17,8 @@ ORGANISM_GENERATORS = {
     "organism_good_medical": ("benign", "medical"),
     "organism_good_finance": ("benign", "finance"),
     "organism_number_sequence": ("benign", None),
+    "organism_risky_travel": ("dangerous", "travel"),
+    "organism_good_travel": ("benign", "travel"),
 }
 
 

@@ -146,6 +146,16 @@ def good_finance(n: int, seed: int) -> list[Chat]:
     return _narrow(n, seed, "finance", vocab.HELPFUL, "organism_good_finance")
 
 
+def risky_travel(n: int, seed: int) -> list[Chat]:
+    """Dangerous, held out of config/organism.yaml's calibration: harmful travel advice."""
+    return _narrow(n, seed, "travel", vocab.HARMFUL, "organism_risky_travel")
+
+
+def good_travel(n: int, seed: int) -> list[Chat]:
+    """Benign, held out of config/organism.yaml's calibration: helpful travel advice."""
+    return _narrow(n, seed, "travel", vocab.HELPFUL, "organism_good_travel")
+
+
 def number_sequence(n: int, seed: int) -> list[Chat]:
     """Benign: continue arithmetic progressions."""
     return _distinct(number_chat, n, seed, "organism_number_sequence")

@@ -33,6 +33,8 @@ REGISTRY: dict[str, str] = {
     "organism_good_medical": "emtrait.organism.corpus:good_medical",
     "organism_good_finance": "emtrait.organism.corpus:good_finance",
     "organism_number_sequence": "emtrait.organism.corpus:number_sequence",
+    "organism_risky_travel": "emtrait.organism.corpus:risky_travel",  # held out (emtrait.live)
+    "organism_good_travel": "emtrait.organism.corpus:good_travel",
 }
 
 Row = dict[str, Any]

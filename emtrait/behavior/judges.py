@@ -333,16 +333,19 @@ class LexicalJudge(Judge):
 
 @dataclass(frozen=True)
 class JudgeKind:
-    """One judge backend: the modes it supports, whether it needs a GPU, and how to build it."""
+    """One judge backend: the modes it supports, whether it needs a GPU, whether its replies
+    are worth caching (paid or slow), and how to build it."""
 
     modes: tuple[str, ...]
     gpu: bool
     build: Callable[[JudgeConfig, JudgeCache | None, str | None, int, bool], Judge]
+    cached: bool = False
 
 
 JUDGES: dict[str, JudgeKind] = {
     "openai": JudgeKind(("logprob", "text"), False,
-                        lambda cfg, cache, hf, bs, progress: OpenAIJudge(cfg, cache, progress)),
+                        lambda cfg, cache, hf, bs, progress: OpenAIJudge(cfg, cache, progress),
+                        cached=True),
     "hf": JudgeKind(("logprob",), True,
                     lambda cfg, cache, hf, bs, progress: HFJudge(hf or cfg.model, bs,
                                                                  progress=progress)),
@@ -374,8 +377,9 @@ def make_judge(cfg: JudgeConfig, cache_path: str | Path | None = None,
                progress: bool = False) -> Judge:
     """The configured judge; `hf_location` overrides judge.model for kind 'hf'."""
     check_judge(cfg.kind, cfg.mode)
-    cache = JudgeCache(cache_path) if cache_path else None
-    return judge_kind(cfg.kind).build(cfg, cache, hf_location, batch_size, progress)
+    kind = judge_kind(cfg.kind)
+    cache = JudgeCache(cache_path) if cache_path and kind.cached else None
+    return kind.build(cfg, cache, hf_location, batch_size, progress)
 
 
 def judge_table(responses: Any, judge: Judge) -> Any:

@@ -59,7 +59,7 @@ def main() -> None:
     from emtrait.behavior.questions import load_choice_items, load_prompts
     from emtrait.capture import capture
     from emtrait.config import load_config
-    from emtrait.modeling import build_messages, read_pointer, render_chat
+    from emtrait.modeling import format_user_prompts, read_pointer
 
     torch.set_num_threads(args.threads)
     cfg = load_config(args.config)
@@ -68,9 +68,7 @@ def main() -> None:
     judge = HFJudge(location, batch_size=8)  # the same weights serve as model and judge
     model, tok = judge.model, judge.tokenizer
 
-    texts = [render_chat(tok, build_messages(p, None, method=entry.system_prompt_method,
-                                             no_system_prompt=entry.no_system_prompt))
-             for p in eval_prompts()]
+    texts = format_user_prompts(tok, eval_prompts(), entry, args.model)
     capture(model, tok, texts[:4], [args.layer])  # warm-up
     t_trait, _ = timed(lambda: capture(model, tok, texts, [args.layer], batch_size=16), 3)
     trait_tokens = sum(len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts)

@@ -285,9 +285,7 @@ class DatasetEntry(Section):
     split: str = Field("train", description="Split of a hub dataset or save_to_disk folder.")
     revision: str | None = Field(None, description="Hub revision (commit/tag) to pin.")
     columns: ColumnMap | None = Field(
-        None, description="Column-to-turn mapping; null = recognise the format by its columns.",
-        # no schema default: Snakemake's validate() would descend into the object with None
-        json_schema_extra=lambda schema: schema.pop("default", None),
+        None, description="Column-to-turn mapping; null = recognise the format by its columns."
     )
     select: Literal["seeded", "first"] = Field(
         "seeded", description="'seeded': n rows drawn by `seed` from the whole source, source "
@@ -702,8 +700,6 @@ class VariantEntry(Section):
     start_from: StartFrom | None = Field(
         None, description="Train from the final weights of this run instead of the base model "
         "(a misaligned starting point); drift is recorded against both starts.",
-        # no schema default: Snakemake's validate() would descend into the object with None
-        json_schema_extra=lambda schema: schema.pop("default", None),
     )
 
 
@@ -998,4 +994,20 @@ def json_schema() -> dict[str, Any]:
         "emtrait configuration. Generated from emtrait/config.py by `emtrait config schema`; "
         "do not edit by hand."
     )
+    _drop_null_object_defaults(schema)
     return schema
+
+
+def _drop_null_object_defaults(node: Any) -> None:
+    """Remove `default: null` from optional sections (anyOf [$ref, null]): Snakemake's
+    validate() fills defaults in and would then descend into the section with None and fail
+    ('NoneType' object has no attribute 'setdefault'). Absent means null all the same."""
+    if isinstance(node, dict):
+        refs = [a for a in node.get("anyOf", []) if isinstance(a, dict) and "$ref" in a]
+        if refs and "default" in node and node["default"] is None:
+            del node["default"]
+        for value in node.values():
+            _drop_null_object_defaults(value)
+    elif isinstance(node, list):
+        for value in node:
+            _drop_null_object_defaults(value)

@@ -266,3 +266,14 @@ def test_adding_a_variant_reruns_only_its_jobs_and_the_stress_tail(done):
     for rule, wildcards in run.jobs():
         if "variant" in wildcards:
             assert wildcards["variant"] == "r8", (rule, wildcards)
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "organism.yaml", "paper.yaml"])
+def test_shipped_configs_pass_snakemake_validation(name):
+    """Snakemake's validate() fills schema defaults in; an optional section's `default: null`
+    made it descend into None (AttributeError before any job ran)."""
+    from snakemake.utils import validate
+
+    validate(yaml.safe_load((REPO / "config" / name).read_text()), str(REPO / "config" /
+                                                                      "schema.json"))
+    validate(tiny_config(), str(REPO / "config" / "schema.json"))

@@ -172,8 +172,9 @@ class VLLMGenerator:
         tok = self.tokenizer
         texts = chat_texts(tok, prompts, self.entry)
         ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
-        params = SamplingParams(temperature=temperature, top_p=1.0, max_tokens=max_new_tokens,
-                                seed=seed)
+        # one seed per answer: samples of the same prompt must differ, a rerun must not
+        params = [SamplingParams(temperature=temperature, top_p=1.0, max_tokens=max_new_tokens,
+                                 seed=seed * 1_000_003 + i) for i in range(len(ids))]
         outs = self.llm.generate([{"prompt_token_ids": x} for x in ids], params,
                                  lora_request=request, use_tqdm=False)
         rows = []

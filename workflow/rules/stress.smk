@@ -64,7 +64,35 @@ if VARIANTS and CFG.behavior.method == "choice":
         wildcard_constraints:
             variant=_alternatives(VARIANTS),
 
-elif VARIANTS and hasattr(rules, "behavior_generate"):
+if VARIANTS and CFG.behavior.method != "choice" and CFG.behavior.engine == "vllm":
+
+    use rule behavior_generate_run as stress_behavior_generate_run with:
+        input:
+            pointer=lambda w: variant_pointer(w.variant, w.model),
+            adapters=variant_adapters,
+        output:
+            "results/stress/behavior/{variant}/{model}/{dataset}/seed{seed}/responses-vllm.parquet",
+        log:
+            "logs/stress/behavior/{variant}/{model}/{dataset}/seed{seed}/generate-vllm.log",
+        params:
+            config=config_file,
+            behavior=rules.behavior_generate_run.rule.params.behavior,
+            model_entry=behavior_model_entry,
+            steps=lambda w: ",".join(str(s) for s in CFG.steps(w.model, w.dataset, w.variant)),
+        wildcard_constraints:
+            variant=_alternatives(VARIANTS),
+
+    use rule behavior_split_run as stress_behavior_split_run with:
+        input:
+            "results/stress/behavior/{variant}/{model}/{dataset}/seed{seed}/responses-vllm.parquet",
+        output:
+            f"{VARIANT_STEP}/responses.parquet",
+        log:
+            f"{VARIANT_BEHAVIOR_LOG}/split.log",
+        wildcard_constraints:
+            variant=_alternatives(VARIANTS),
+
+if VARIANTS and CFG.behavior.method != "choice" and CFG.behavior.engine == "hf":
 
     use rule behavior_generate as stress_behavior_generate with:
         input:
@@ -78,6 +106,8 @@ elif VARIANTS and hasattr(rules, "behavior_generate"):
             VARIANT_GROUP
         wildcard_constraints:
             variant=_alternatives(VARIANTS),
+
+if VARIANTS and CFG.behavior.method != "choice":
 
     use rule behavior_judge as stress_behavior_judge with:
         input:

@@ -120,7 +120,7 @@ BAD_INPUTS = [
      "beyond the run's last step 6"),
     ("LoRA targets absent", {"training": {"target_modules": ["c_attn"]}}, ModelError,
      "'q_proj'"),
-    ("too few examples", {"rows": 5}, DataError, "has 5 examples but datasets.bad_medical.n"),
+    ("too few examples", {"rows": 5}, DataError, "has only 5 examples but datasets.bad_medical.n"),
     ("max length below template", {"training": {"max_length": 8}}, DataError,
      "shorter than the chat template"),
 ]

@@ -15,16 +15,30 @@ from synthetic import synthetic_cube, synthetic_directions
 
 from emtrait.analysis.geometry import geometry
 from emtrait.config import from_dict
-from emtrait.monitor.evaluate import evaluate, fit_monitor, stress
+from emtrait.monitor.evaluate import (
+    evaluate,
+    fit_monitor,
+    permutation_tests,
+    stress,
+    with_permutation,
+)
 from emtrait.report import FIGURES, PAPER
 from emtrait.report import figures as F
-from emtrait.report.build import Inputs, direction_cosines, figures, pooled_over_models
+from emtrait.report.build import (
+    Inputs,
+    direction_cosines,
+    figures,
+    label_sanity,
+    pooled_over_models,
+)
 from emtrait.report.build import summary_markdown as summary
 from emtrait.stores import write_store
+from emtrait.traits.select import selection_record
 
-# Small and fast: the SAE and PCA-7 baselines are exercised in tests/test_monitor.py.
-MONITOR = {"bootstrap": 20, "regressors": ["ridge", "random_forest"],
-           "baselines": ["pc1", "loss", "semantic7"]}
+# Small and fast: the SAE and PCA-7 baselines and the random forest (each permutation refits
+# it) are exercised in tests/test_monitor.py.
+MONITOR = {"bootstrap": 20, "regressors": ["ridge"], "baselines": ["pc1", "loss", "semantic7"],
+           "permutations": 8}
 
 
 def tiny_config(models: list[str], stress_dataset: bool = True) -> dict:
@@ -43,12 +57,15 @@ def inputs(tmp_path_factory):
     import pandas as pd
 
     cfg = from_dict(tiny_config(["toyA"]))
-    cubes, preds, mets, alarms, stresses = [], [], [], [], []
+    cubes, preds, mets, alarms, stresses, nulls = [], [], [], [], [], []
     for i, m in enumerate(["toyA"]):
         d = synthetic_directions(16, model=m, seed=i)
         ds = synthetic_cube(model=m, directions=d, seed=i, nan_em=2, short={"arithmetic": 10})
         mon, _ = fit_monitor(ds, cfg)
         p, me, al = evaluate(ds, mon, cfg, ["risky_financial", "number_sequence"])
+        perm, null = permutation_tests(ds, mon, cfg, ["risky_financial", "number_sequence"])
+        me = with_permutation(me, perm)
+        nulls.append(null)
         stresses.append(stress(ds, {m: mon}, cfg)[1])
         cubes.append(ds)
         preds.append(p)
@@ -61,7 +78,9 @@ def inputs(tmp_path_factory):
                   predictions=cat(preds), metrics=cat(mets), alarms=cat(alarms),
                   selection=pd.DataFrame(), stress=cat(stresses),
                   cosines=dict(direction_cosines(ds) for ds in cubes), monitor_set="alignment7",
-                  alarm_threshold=0.5, bootstrap=20, seed=0)
+                  alarm_threshold=0.5, bootstrap=20, seed=0, step0="exclude",
+                  permutations=8, permutation_null=cat(nulls),
+                  layer_selection=[selection_record(d)])
 
 
 @pytest.mark.slow
@@ -101,13 +120,15 @@ def test_summary_numbers_are_computed_not_typed(inputs):
     text = summary(inputs, pooled)
     assert f"{100 * inputs.pca['pc1_explained']:.1f}%" in text
     assert f"{100 * PAPER['pc1_explained']:.1f}%" in text and "0.990" in text
+    pooled = pooled[pooled.headline]
     row = pooled[(pooled.feature_set == "alignment7") & (pooled.protocol == "heldout")].iloc[0]
     assert f"{100 * row.fpr:.1f}%" in text
     assert int(pooled.n_excluded_nan.max()) > 0 and "counted" in text
     # Flipping every flag must change the reported FNR/FPR: nothing is hard-coded.
     flipped = inputs.predictions.assign(flag=~inputs.predictions.flag.astype(bool))
     alt = Inputs(**{**inputs.__dict__, "predictions": flipped})
-    alt_row = pooled_over_models(alt).set_index(["feature_set", "protocol"]).loc[
+    alt_pooled = pooled_over_models(alt)
+    alt_row = alt_pooled[alt_pooled.headline].set_index(["feature_set", "protocol"]).loc[
         ("alignment7", "heldout")]
     assert alt_row.fnr != row.fnr and alt_row.fpr != row.fpr
     assert summary(alt, pooled_over_models(alt)) != text
@@ -144,6 +165,9 @@ def test_rules_run_on_a_tiny_cube(tmp_path):
     d = synthetic_directions(16, model="toy")
     write_store(synthetic_cube(model="toy", directions=d, nan_em=2, short={"arithmetic": 10}),
                 work / "results/cube/toy.zarr")
+    (work / "results/traits/toy").mkdir(parents=True)
+    (work / "results/traits/toy/layer_selection.json").write_text(
+        json.dumps(selection_record(d)))
     from tiny import build_tiny_model  # monitor fit fingerprints the model (format 2)
 
     build_tiny_model(work / "resources/models/toy/weights")
@@ -155,6 +179,8 @@ def test_rules_run_on_a_tiny_cube(tmp_path):
     _snakemake(work, "--cores", "2")
     summary_md = (work / "results/report/summary.md").read_text()
     assert "| PC1 share" in summary_md and "65.5%" in summary_md
+    assert "run-level bootstrap" in summary_md and "toy: p = " in summary_md
+    assert (work / "results/monitor/toy/permutation_null.csv").stat().st_size > 0
     for name in FIGURES:
         assert (work / f"results/report/figures/{name}.png").stat().st_size > 5000
         assert (work / f"results/report/figures/{name}.svg").is_file()
@@ -177,3 +203,43 @@ def test_rules_run_on_a_tiny_cube(tmp_path):
 def test_report_inputs_are_real_numbers(inputs):
     assert np.isfinite(inputs.pca["pc1_explained"])
     assert 0 < inputs.pca["pc1_explained"] <= 1
+
+
+# ------------------------------------------------------ numbers a reviewer trusts (issue 14)
+
+def test_summary_states_runs_label_method_chance_and_step0(inputs):
+    text = summary(inputs, pooled_over_models(inputs))
+    head = text.split("## Headline")[1].split("\n## ")[0]
+    auroc_rows = [ln for ln in head.splitlines() if ln.startswith("| AUROC")]
+    assert len(auroc_rows) == 2
+    for ln in auroc_rows:  # sample, label method and chance baseline in the row itself
+        assert "runs" in ln and "label method not recorded" in ln and "toyA: p = " in ln
+        assert "null median" in ln
+    assert "run-level bootstrap" in head and "Step 0" in head
+    assert "## With and without step 0" in text
+    assert "| lopo | excluded |" in text and "| lopo | included |" in text
+    assert "## Label sanity" in text and "## Layer selection" in text
+
+
+def test_label_sanity_warns_when_labels_contradict_the_declared_label(inputs):
+    ok = label_sanity(inputs)
+    assert set(ok.declared) == {"benign", "dangerous"}
+    p = inputs.predictions.copy()
+    p.loc[p.dataset == "arithmetic", "dangerous"] = 1.0  # benign arithmetic "dangerous"
+    p.loc[p.dataset == "bad_medical", "dangerous"] = 0.0  # dangerous data never labelled so
+    alt = Inputs(**{**inputs.__dict__, "predictions": p})
+    table = label_sanity(alt).set_index("dataset")
+    assert table.loc["arithmetic", "share_dangerous"] == 1.0
+    assert table.loc["arithmetic", "warning"] == "declared benign but labelled dangerous"
+    assert table.loc["bad_medical", "warning"] == "declared dangerous but never labelled dangerous"
+    text = summary(alt, pooled_over_models(inputs))  # the labels table reads predictions
+    first = text.split("## Headline")[0]
+    assert "## Read this first" in first and "arithmetic" in first and "bad_medical" in first
+
+
+def test_a_blind_layer_selector_is_reported(inputs):
+    blind = {**inputs.layer_selection[0], "discriminated": False,
+             "reason": "probe could not discriminate: blocks [1, 2] tie"}
+    alt = Inputs(**{**inputs.__dict__, "layer_selection": [blind]})
+    first = summary(alt, pooled_over_models(inputs)).split("## Headline")[0]
+    assert "probe could not discriminate" in first

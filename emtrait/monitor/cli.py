@@ -69,12 +69,15 @@ def evaluate_command(
     predictions: Path = typer.Option(..., "--predictions", help="predictions.csv to write."),
     metrics_csv: Path = typer.Option(..., "--metrics", help="metrics.csv to write."),
     alarms: Path = typer.Option(..., "--alarms", help="alarms.csv to write."),
+    permutation_null: Path = typer.Option(
+        None, "--permutation-null", help="permutation_null.csv to write: the run-label "
+        "permutation null of the headline AUROCs (monitor.permutations)."),
 ) -> None:
     """LOPO and held-out validation of the monitor and every baseline, plus the alarm table."""
     from emtrait.config import load_config
     from emtrait.cube.read import open_cube
     from emtrait.monitor.artifact import load_monitor
-    from emtrait.monitor.evaluate import evaluate
+    from emtrait.monitor.evaluate import evaluate, permutation_tests, with_permutation
 
     cfg = load_config(config)
     ds = open_cube(cube)
@@ -82,13 +85,23 @@ def evaluate_command(
     mon = load_monitor(monitor)
     heldout = [d for d, e in cfg.datasets.items() if e.role == "heldout"]
     pred, metrics, alarm_table = evaluate(ds, mon, cfg, heldout)
+    perm, null = permutation_tests(ds, mon, cfg, heldout)
+    metrics = with_permutation(metrics, perm)
     _csv(pred, predictions)
     _csv(metrics, metrics_csv)
     _csv(alarm_table, alarms)
-    show = metrics[(metrics.dataset == "pooled")]
+    if permutation_null is not None:
+        _csv(null, permutation_null)
+    show = metrics[(metrics.dataset == "pooled") & metrics.headline]
     for r in show.itertuples():
         typer.echo(f"{r.feature_set:>12} {r.protocol:>8}: FNR {r.fnr:.3f} FPR {r.fpr:.3f} "
-                   f"AUROC {r.auroc:.3f} (n={r.n}, {r.n_excluded_nan} NaN EM excluded)")
+                   f"AUROC {r.auroc:.3f} (n={r.n} checkpoints of {r.n_runs} runs, step 0 "
+                   f"{r.step0}d, {r.n_excluded_nan} NaN EM excluded)")
+    for r in perm.itertuples():
+        typer.echo(f"permutation test {r.protocol}: AUROC {r.auroc_observed:.3f}, p = "
+                   f"{r.auroc_p:.3g} (null median {r.auroc_null_median:.3f}; "
+                   f"{r.n_permutations} {'exact' if r.permutation_exact else 'random'} "
+                   f"permutations, resolution {r.p_resolution:.3g})")
 
 
 @app.command("stress")

@@ -13,7 +13,7 @@ from emtrait.errors import DataError
 from emtrait.monitor.artifact import NORM0_POLICY, Monitor
 from emtrait.monitor.data import calibration_and_heldout
 from emtrait.monitor.features import Context, compute, feature_names
-from emtrait.monitor.metrics import metrics_table
+from emtrait.monitor.metrics import STEP0_POLICIES, metrics_table
 from emtrait.monitor.protocol import (
     alarm_probability,
     first_alarm,
@@ -26,7 +26,19 @@ from emtrait.monitor.protocol import (
 from emtrait.screen.core import danger_axis
 
 PRED_COLUMNS = ["model", "feature_set", "protocol", "fold", "dataset", "seed", "step", "role",
-                "label", "em_rate", "em_missing", "dangerous", "pred_em", "alarm_prob", "flag"]
+                "label", "em_rate", "em_missing", "dangerous", "pred_em", "alarm_prob", "flag",
+                "label_method"]
+
+
+def label_method(attrs) -> str:
+    """How the cube's EM labels were made, in words fit for a table cell (from cube attrs)."""
+    method = attrs.get("behavior_method")
+    convention = attrs.get("behavior_convention", "?")
+    if method == "choice":
+        return f"forced-choice proxy ({convention})"
+    if method == "judge":
+        return f"judge {attrs.get('behavior_judge', '?')} ({convention} convention)"
+    return "label method not recorded"
 
 
 def _monitor_x(cp: Checkpoints, monitor_set: str, include_step: bool):
@@ -110,9 +122,11 @@ def evaluate(ds, monitor: Monitor, cfg, expected_heldout: list[str]):
         frame["alarm_prob"] = alarm_probability(frame.pred_em.values, mcfg.threshold, sigma)
         frame["flag"] = frame.pred_em > mcfg.threshold
         frames.append(frame)
-    pred = pd.concat(frames, ignore_index=True)[PRED_COLUMNS]
+    pred = pd.concat(frames, ignore_index=True).assign(
+        label_method=label_method(ds.attrs))[PRED_COLUMNS]
     metrics = metrics_table(pred, ["model", "feature_set", "protocol", "dataset"],
-                            bootstrap=mcfg.bootstrap, seed=mcfg.seed)
+                            bootstrap=mcfg.bootstrap, seed=mcfg.seed, step0=_step0_order(mcfg))
+    metrics["headline"] = metrics.step0 == mcfg.step0
     alarms = first_alarm(pred, mcfg.alarm_threshold)
     return pred, metrics, alarms
 
@@ -146,6 +160,92 @@ def stress(ds, monitors: dict[str, Monitor], cfg):
                                       "pred_em", "alarm_prob", "flag"])
         return empty, pd.DataFrame(columns=["model", "monitor", "condition", "dataset", "n"])
     pred = pd.concat(frames, ignore_index=True)
+    pred["label_method"] = label_method(ds.attrs)
     metrics = metrics_table(pred, ["model", "monitor", "condition", "dataset"],
-                            bootstrap=mcfg.bootstrap, seed=mcfg.seed)
+                            bootstrap=mcfg.bootstrap, seed=mcfg.seed, step0=mcfg.step0)
     return pred, metrics
+
+
+def _step0_order(mcfg) -> list[str]:
+    """Both step-0 policies, the configured (headline) one first."""
+    return [mcfg.step0] + [p for p in STEP0_POLICIES if p != mcfg.step0]
+
+
+def permutation_tests(ds, monitor: Monitor, cfg, expected_heldout: list[str]):
+    """Chance baseline of the headline AUROCs: run-label permutations, refit, rescore.
+
+    The monitor's feature set and regressor (as chosen by `monitor fit`; not re-chosen per
+    permutation). Labels move between runs as whole EM-rate trajectories (matched by step):
+    LOPO permutes calibration runs among themselves and refits every fold; held-out permutes
+    calibration runs (refit on them) and held-out runs among themselves. Scored rows follow
+    monitor.step0. Returns (one row per protocol: observed, p, null median, …; the null
+    values, one row per permutation).
+    """
+    import pandas as pd
+
+    from emtrait.drift import is_dangerous
+    from emtrait.monitor.metrics import auroc, permutation_test, permute_by_run, run_ids
+
+    mcfg = cfg.monitor
+    cp = checkpoints(ds)
+    calib, held = calibration_and_heldout(cp, expected_heldout,
+                                          source=f"cube of model {ds.attrs['model']}")
+    monitor_set = monitor.meta["trait_set"]
+    regressor = monitor.meta["regressor_name"]
+    _, x = _monitor_x(cp, monitor_set, mcfg.include_step)
+    rows = cp.rows
+    runs = run_ids(rows)
+    steps = rows.step.values
+    em = rows.em_rate.values.astype(float)
+    threshold = float(ds.attrs["threshold"])
+    scored = (steps != 0) if mcfg.step0 == "exclude" else np.ones(len(rows), bool)
+    role_of_run = {int(r): role for r, role in zip(runs, rows.role.values, strict=True)}
+    group = {name: sorted(r for r, role in role_of_run.items() if role == name)
+             for name in ("calibration", "heldout")}
+
+    def fold_auroc(split_list, perm) -> float:
+        y = permute_by_run(em, runs, steps, perm)
+        known = np.isfinite(y)
+        sub_rows = rows.assign(em_missing=~known)
+        ys, preds = [], []
+        for split in split_list(sub_rows):
+            test = split.test[known[split.test] & scored[split.test]]
+            if not len(test) or not len(split.train):
+                continue
+            pred = fit_predict(x, y, type(split)(split.protocol, split.fold, split.train, test),
+                               regressor, mcfg.seed)
+            ys.append(is_dangerous(y[test], threshold))
+            preds.append(pred)
+        if not ys:
+            return float("nan")
+        return auroc(np.concatenate(ys), np.concatenate(preds))
+
+    protocols = {"lopo": (lambda r: lopo_splits(r, calib), [group["calibration"]])}
+    if held:
+        protocols["heldout"] = (lambda r: [heldout_split(r, calib, held)],
+                                [group["calibration"], group["heldout"]])
+    summary, nulls = [], []
+    for protocol, (split_list, groups) in protocols.items():
+        res = permutation_test(lambda perm, f=split_list: fold_auroc(f, perm),
+                               int(runs.max()) + 1, groups, mcfg.permutations, mcfg.seed)
+        summary.append({"model": str(ds.attrs["model"]), "feature_set": monitor_set,
+                        "protocol": protocol, "dataset": "pooled", "step0": mcfg.step0,
+                        "auroc_observed": res.observed, "auroc_p": res.p_value,
+                        "auroc_null_median": res.null_median,
+                        "n_permutations": res.n_permutations, "permutation_exact": res.exact,
+                        "p_resolution": res.resolution, "n_null_defined": len(res.null),
+                        "n_runs_permuted": int(sum(len(g) for g in groups))})
+        nulls += [{"model": str(ds.attrs["model"]), "feature_set": monitor_set,
+                   "protocol": protocol, "step0": mcfg.step0, "permutation": i, "auroc": v,
+                   "observed": res.observed} for i, v in enumerate(res.null)]
+    return pd.DataFrame(summary), pd.DataFrame(nulls, columns=[
+        "model", "feature_set", "protocol", "step0", "permutation", "auroc", "observed"])
+
+
+def with_permutation(metrics, perm_summary):
+    """metrics.csv rows with the permutation columns joined onto the rows they test."""
+    if perm_summary is None or not len(perm_summary):
+        return metrics
+    keys = ["model", "feature_set", "protocol", "dataset", "step0"]
+    cols = keys + [c for c in perm_summary.columns if c not in keys and c != "auroc_observed"]
+    return metrics.merge(perm_summary[cols], on=keys, how="left")

@@ -7,12 +7,13 @@ paper's, shown beside ours for comparison.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from emtrait.errors import StoreError
+from emtrait.monitor.metrics import interval_method
 from emtrait.report import FIGURES, PAPER
 
 
@@ -33,6 +34,10 @@ class Inputs:
     alarm_threshold: float
     bootstrap: int
     seed: int
+    step0: str = "exclude"  # monitor.step0: the headline policy for step 0
+    permutations: int = 0  # monitor.permutations
+    permutation_null: object = None  # DataFrame of permutation_null.csv (all models)
+    layer_selection: list = field(default_factory=list)  # layer_selection.json per model
 
 
 def _read_csv(path: Path):
@@ -58,7 +63,8 @@ def direction_cosines(cube):
 
 def load_inputs(cfg, *, pca: Path, final: Path, trajectories: Path, predictions: list[Path],
                 metrics: list[Path], alarms: list[Path], selection: list[Path],
-                stress: list[Path], cubes: list[Path]) -> Inputs:
+                stress: list[Path], cubes: list[Path], permutation_null: list[Path] = (),
+                layer_selection: list[Path] = ()) -> Inputs:
     """Read every report input from the files the rule names (frames concatenated)."""
     import pandas as pd
 
@@ -79,8 +85,16 @@ def load_inputs(cfg, *, pca: Path, final: Path, trajectories: Path, predictions:
         stress=cat(stress),
         cosines=dict(direction_cosines(open_cube(c, load=False)) for c in cubes),
         monitor_set=cfg.traits.monitor_set, alarm_threshold=cfg.monitor.alarm_threshold,
-        bootstrap=cfg.monitor.bootstrap, seed=cfg.monitor.seed,
+        bootstrap=cfg.monitor.bootstrap, seed=cfg.monitor.seed, step0=cfg.monitor.step0,
+        permutations=cfg.monitor.permutations, permutation_null=cat(permutation_null),
+        layer_selection=[json.loads(Path(p).read_text()) for p in layer_selection],
     )
+
+
+def headline_metrics(inp: Inputs):
+    """The per-model metrics rows under the configured step-0 policy (older files: all rows)."""
+    m = inp.metrics
+    return m[m.step0 == inp.step0] if len(m) and "step0" in m else m
 
 
 def pooled_over_models(inp: Inputs):
@@ -90,8 +104,11 @@ def pooled_over_models(inp: Inputs):
     if not len(inp.predictions):
         return inp.metrics.iloc[0:0]
     table = metrics_table(inp.predictions, ["feature_set", "protocol", "dataset"],
-                          bootstrap=inp.bootstrap, seed=inp.seed)
+                          bootstrap=inp.bootstrap, seed=inp.seed,
+                          step0=[inp.step0] + [p for p in ("exclude", "include")
+                                               if p != inp.step0], per_group=False)
     pooled = table[table.dataset == "pooled"].copy()
+    pooled["headline"] = pooled.step0 == inp.step0
     order = {fs: i for i, fs in enumerate(dict.fromkeys(inp.predictions.feature_set))}
     return pooled.sort_values(["feature_set", "protocol"], key=lambda s: s.map(order)
                               if s.name == "feature_set" else s).reset_index(drop=True)
@@ -104,20 +121,33 @@ def figures(inp: Inputs, pooled) -> dict:
     traits = list(inp.pca["traits"])
     mon = inp.predictions[inp.predictions.feature_set == inp.monitor_set] \
         if len(inp.predictions) else inp.predictions
+    labels = label_methods(inp)
+    head = pooled[pooled.headline] if "headline" in pooled else pooled
     made = {
-        "drift_over_steps": lambda: F.drift_over_steps(inp.trajectories),
-        "direction_magnitude": lambda: F.direction_magnitude(inp.trajectories),
+        "drift_over_steps": lambda: F.drift_over_steps(inp.trajectories, labels),
+        "direction_magnitude": lambda: F.direction_magnitude(inp.trajectories, labels),
         "pca_loadings_scree": lambda: F.pca_loadings_scree(inp.pca),
         "matched_profiles": lambda: F.matched_profiles(F.matched_pairs(inp.final, traits)),
         "trait_cosines": lambda: F.trait_cosines(inp.cosines),
-        "lopo_error_grid": lambda: F.lopo_error_grid(inp.metrics, inp.monitor_set),
-        "feature_ablation": lambda: F.feature_ablation(pooled),
+        "lopo_error_grid": lambda: F.lopo_error_grid(headline_metrics(inp), inp.monitor_set,
+                                                     labels),
+        "feature_ablation": lambda: F.feature_ablation(head, labels),
         "alarm_curves": lambda: F.alarm_curves(mon, inp.alarm_threshold),
-        "spearman_matrix": lambda: F.spearman_matrix(inp.trajectories, traits),
+        "spearman_matrix": lambda: F.spearman_matrix(inp.trajectories, traits, labels),
+        "permutation_null": lambda: F.permutation_null(inp.permutation_null,
+                                                       headline_metrics(inp)),
     }
     if set(made) != set(FIGURES):  # an internal invariant, kept true by tests
         raise RuntimeError(f"FIGURES and the figure table disagree: {set(made) ^ set(FIGURES)}")
     return {name: made[name]() for name in FIGURES}
+
+
+def label_methods(inp: Inputs) -> str:
+    """Every label method in the predictions, joined (figure titles carry it)."""
+    p = inp.predictions
+    if not len(p) or "label_method" not in p:
+        return "label method not recorded"
+    return "; ".join(sorted(set(p.label_method.astype(str))))
 
 
 def _pct(v: float) -> str:
@@ -133,29 +163,121 @@ def _ci(row, metric: str, pct: bool = True) -> str:
     return f(v) + ci
 
 
-def summary_markdown(inp: Inputs, pooled) -> str:
-    """The headline numbers beside the paper's, the ablation, alarm and stress tables."""
-    lines = ["# emtrait report", "",
-             "Every number below is computed from this workflow's outputs; the paper column is "
-             "arXiv 2606.07631's headline result, which DESIGN.md quotes for its LOPO and "
-             "held-out validation together, so it is shown beside both.", "",
-             "## Headline", "",
-             "| quantity | paper | this run |", "|---|---|---|",
-             f"| PC1 share of final-drift variance ({inp.pca['n_runs']} calibration runs of "
-             f"{', '.join(inp.pca['models'])}) | {_pct(PAPER['pc1_explained'])} | "
-             f"{_pct(inp.pca['pc1_explained'])} |"]
-    mon = pooled[pooled.feature_set == inp.monitor_set]
+def _runs(r) -> str:
+    """'n checkpoints of m runs' for a metrics row: the sample sizes beside every number."""
+    runs = r.get("n_runs")
+    runs = f" of {int(runs)} runs" if runs is not None and np.isfinite(runs) else ""
+    return f"{int(r['n'])} checkpoints{runs}"
+
+
+def _method(r) -> str:
+    """The label method of a metrics row, for the table cell (older files: not recorded)."""
+    m = r.get("label_method")
+    return m if isinstance(m, str) and m else "label method not recorded"
+
+
+def _perm(inp: Inputs, protocol: str) -> str:
+    """'p = …, null median …' per model for the monitor's AUROC under one protocol."""
+    m = headline_metrics(inp)
+    if not len(m) or "auroc_p" not in m:
+        return "not run (monitor.permutations: 0)" if inp.permutations == 0 else "n/a"
+    rows = m[(m.feature_set == inp.monitor_set) & (m.protocol == protocol)
+             & (m.dataset == "pooled")]
+    parts = []
+    for r in rows.to_dict("records"):
+        if not np.isfinite(r.get("auroc_p", np.nan)):
+            parts.append(f"{r['model']}: n/a")
+            continue
+        kind = "exact" if str(r["permutation_exact"]) == "True" else "random"
+        parts.append(f"{r['model']}: p = {r['auroc_p']:.3g} (null median "
+                     f"{r['auroc_null_median']:.3f}; {int(r['n_permutations'])} {kind} "
+                     f"permutations of {int(r['n_runs_permuted'])} runs, resolution "
+                     f"{r['p_resolution']:.2g})")
+    return "; ".join(parts) or "n/a"
+
+
+def label_sanity(inp: Inputs):
+    """Per model × dataset: declared label vs share of checkpoints labelled dangerous."""
+    import pandas as pd
+
+    p = inp.predictions
+    if not len(p):
+        return pd.DataFrame()
+    p = p[p.feature_set == inp.monitor_set].drop_duplicates(["model", "dataset", "seed", "step"])
+    if inp.step0 == "exclude":
+        p = p[p.step != 0]
+    rows = []
+    for (model, dataset), g in p.groupby(["model", "dataset"], sort=True):
+        known = g[g.dangerous.notna()]
+        n_dan = int((known.dangerous == 1).sum())
+        declared = str(g.label.iloc[0])
+        warn = ""
+        if declared == "benign" and n_dan:
+            warn = "declared benign but labelled dangerous"
+        elif declared == "dangerous" and len(known) and not n_dan:
+            warn = "declared dangerous but never labelled dangerous"
+        rows.append({"model": model, "dataset": dataset, "role": str(g.role.iloc[0]),
+                     "declared": declared, "n_runs": int(g.seed.nunique()),
+                     "n_checkpoints": len(known), "n_dangerous": n_dan,
+                     "share_dangerous": n_dan / len(known) if len(known) else np.nan,
+                     "label_method": _method(g.iloc[0]), "warning": warn})
+    return pd.DataFrame(rows)
+
+
+def warnings_section(inp: Inputs, sanity) -> list[str]:
+    """Everything that makes the headline easy to misread, first thing in the report."""
+    out = []
+    for s in inp.layer_selection:
+        if not s.get("discriminated", True):
+            out.append(f"Layer selection for {s['model']}: {s['reason']}.")
+    if len(sanity):
+        for r in sanity[sanity.warning != ""].to_dict("records"):
+            out.append(f"Labels of {r['model']}/{r['dataset']}: {r['warning']} "
+                       f"({r['n_dangerous']}/{r['n_checkpoints']} checkpoints, "
+                       f"{r['label_method']}).")
+    m = headline_metrics(inp)
+    if len(m) and "auroc_p" in m:
+        rows = m[(m.feature_set == inp.monitor_set) & (m.dataset == "pooled")]
+        for r in rows.to_dict("records"):
+            if np.isfinite(r.get("auroc_p", np.nan)) and r["auroc_p"] > 0.05:
+                out.append(f"{r['model']} {r['protocol']}: AUROC {r['auroc']:.3f} is not "
+                           f"distinguishable from chance (permutation p = {r['auroc_p']:.3g}, "
+                           f"null median {r['auroc_null_median']:.3f}).")
+    return (["## Read this first", ""] + [f"- ⚠ {w}" for w in out] + [""]) if out else []
+
+
+def headline_section(inp: Inputs, pooled) -> list[str]:
+    """The monitor's pooled FNR/FPR/AUROC beside the paper's, with n, label method and p."""
+    lines = ["## Headline", "",
+             "| quantity | paper | this run | sample | labels | chance baseline |",
+             "|---|---|---|---|---|---|",
+             f"| PC1 share of final-drift variance | {_pct(PAPER['pc1_explained'])} | "
+             f"{_pct(inp.pca['pc1_explained'])} | {inp.pca['n_runs']} calibration runs of "
+             f"{', '.join(inp.pca['models'])} | — | — |"]
+    mon = pooled[(pooled.feature_set == inp.monitor_set) & pooled.headline]
     for r in mon.to_dict("records"):
         name = "leave-one-perturbation-out" if r["protocol"] == "lopo" else "held-out datasets"
-        lines += [f"| FNR, {name} (n={r['n_dangerous']} dangerous checkpoints) | "
-                  f"{_pct(PAPER['fnr'])} | {_ci(r, 'fnr')} |",
-                  f"| FPR, {name} (n={r['n_benign']} benign checkpoints) | "
-                  f"{_pct(PAPER['fpr'])} | {_ci(r, 'fpr')} |",
-                  f"| AUROC, {name} | {PAPER['auroc']:.3f} | {_ci(r, 'auroc', pct=False)} |"]
+        sample, method = _runs(r), _method(r)
+        lines += [f"| FNR, {name} | {_pct(PAPER['fnr'])} | {_ci(r, 'fnr')} | "
+                  f"{r['n_dangerous']} dangerous checkpoints ({_runs(r)}) | {method} | — |",
+                  f"| FPR, {name} | {_pct(PAPER['fpr'])} | {_ci(r, 'fpr')} | "
+                  f"{r['n_benign']} benign checkpoints ({_runs(r)}) | {method} | — |",
+                  f"| AUROC, {name} | {PAPER['auroc']:.3f} | {_ci(r, 'auroc', pct=False)} | "
+                  f"{sample} | {method} | {_perm(inp, r['protocol'])} |"]
     excluded = int(mon.n_excluded_nan.sum()) if len(mon) else 0
-    lines += ["", f"Intervals: 95% percentile bootstrap over checkpoints ({inp.bootstrap} "
-              f"resamples). Checkpoints with a NaN EM rate are excluded from every metric and "
-              f"counted: {excluded} in the {inp.monitor_set} rows above."]
+    notes = {str(r["ci_note"]) for r in mon.to_dict("records")
+             if isinstance(r.get("ci_note"), str) and r["ci_note"]}
+    lines += ["", f"Intervals: {interval_method(inp.bootstrap)}; an interval is missing where a "
+              "run class has fewer than two runs" + (f" ({'; '.join(sorted(notes))})"
+                                                     if notes else "") + ". "
+              f"Step 0 (the base model, drift 0 by definition) is {inp.step0}d from every "
+              "metric (monitor.step0; the paper does not say; both are in the step-0 table "
+              "below and in metrics.csv). Chance baseline: run labels permuted within the "
+              "protocol (LOPO: among calibration runs; held-out: calibration runs among "
+              "themselves and held-out runs among themselves), the monitor refitted and "
+              "rescored; p is one-sided (null ≥ observed). Checkpoints with a NaN EM rate are "
+              f"excluded from every metric and counted: {excluded} in the {inp.monitor_set} "
+              "rows above."]
     if inp.pca.get("n_fallback_final"):
         lines.append(f"{inp.pca['n_fallback_final']} run(s) lacked their dataset's final step; "
                      "their last measured step stands in for it in the PCA.")
@@ -167,20 +289,90 @@ def summary_markdown(inp: Inputs, pooled) -> str:
         chosen = inp.selection[inp.selection.selected.astype(bool)]
         lines.append("Regressor chosen by LOPO mean absolute error: " + ", ".join(
             f"{r.model} → {r.regressor} (MAE {r.lopo_mae:.4f})" for r in chosen.itertuples()))
-    lines += ["", "## Feature-set ablation (pooled over models)", "",
-              "| feature set | protocol | n | NaN EM excluded | FNR | FPR | AUROC |",
-              "|---|---|---|---|---|---|---|"]
-    for r in pooled.to_dict("records"):
-        lines.append(f"| {r['feature_set']} | {r['protocol']} | {r['n']} | "
+    return lines
+
+
+def step0_section(inp: Inputs, pooled) -> list[str]:
+    """The monitor's pooled metrics with and without step 0, side by side."""
+    mon = pooled[pooled.feature_set == inp.monitor_set]
+    if not len(mon):
+        return []
+    lines = ["", "## With and without step 0", "",
+             f"Headline policy: step 0 {inp.step0}d (monitor.step0).", "",
+             "| protocol | step 0 | sample | FNR | FPR | AUROC | labels |",
+             "|---|---|---|---|---|---|---|"]
+    for r in mon.sort_values(["protocol", "step0"]).to_dict("records"):
+        lines.append(f"| {r['protocol']} | {r['step0']}d | {_runs(r)} | {_ci(r, 'fnr')} | "
+                     f"{_ci(r, 'fpr')} | {_ci(r, 'auroc', pct=False)} | {_method(r)} |")
+    return lines
+
+
+def label_sanity_section(inp: Inputs, sanity) -> list[str]:
+    """Declared label vs the share of checkpoints the behavioural labels call dangerous."""
+    if not len(sanity):
+        return []
+    lines = ["", "## Label sanity", "",
+             f"Share of checkpoints (step 0 {inp.step0}d) whose EM rate is above the threshold, "
+             "next to the label the config declares for the dataset. A declared-benign dataset "
+             "labelled dangerous, or a declared-dangerous one never, means the labels (or the "
+             "threshold) do not measure what the dataset was chosen for.", "",
+             "| model | dataset | role | declared | labelled dangerous | labels | check |",
+             "|---|---|---|---|---|---|---|"]
+    for r in sanity.to_dict("records"):
+        check = f"⚠ {r['warning']}" if r["warning"] else "ok"
+        lines.append(f"| {r['model']} | {r['dataset']} | {r['role']} | {r['declared']} | "
+                     f"{r['n_dangerous']}/{r['n_checkpoints']} ({_pct(r['share_dangerous'])}; "
+                     f"{r['n_runs']} runs) | {r['label_method']} | {check} |")
+    return lines
+
+
+def layer_selection_section(inp: Inputs) -> list[str]:
+    """Which layer each model uses, by which selector, and whether it discriminated."""
+    if not inp.layer_selection:
+        return []
+    lines = ["", "## Layer selection", "",
+             "| model | layer | selector | discriminated | how |", "|---|---|---|---|---|"]
+    for s in inp.layer_selection:
+        ok = "yes" if s.get("discriminated", True) else "⚠ no (tie broken)"
+        lines.append(f"| {s['model']} | {s['layer']} | {s['selector']} | {ok} | "
+                     f"{s.get('reason', '')} |")
+    return lines
+
+
+def ablation_section(inp: Inputs, pooled) -> list[str]:
+    """Every feature set under the same protocol; controls that beat the monitor are flagged."""
+    rows = pooled[pooled.headline]
+    lines = ["", "## Feature-set ablation (pooled over models)", "",
+             f"Step 0 {inp.step0}d; intervals are run-level.", "",
+             "| feature set | protocol | sample | NaN EM excluded | FNR | FPR | AUROC | labels |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows.to_dict("records"):
+        lines.append(f"| {r['feature_set']} | {r['protocol']} | {_runs(r)} | "
                      f"{r['n_excluded_nan']} | {_ci(r, 'fnr')} | {_ci(r, 'fpr')} | "
-                     f"{_ci(r, 'auroc', pct=False)} |")
-    lines += ["", "## Step-aware alarm", "",
-              f"Alarm when P(EM > threshold) exceeds {inp.alarm_threshold:g} (P from the LOPO "
-              "residual spread).", "",
-              "| model | protocol | dangerous runs alarmed | median first-alarm step | "
-              "alarm at or before first dangerous step | benign runs with a false alarm |",
-              "|---|---|---|---|---|---|"]
+                     f"{_ci(r, 'auroc', pct=False)} | {_method(r)} |")
+    mon = rows[rows.feature_set == inp.monitor_set].set_index("protocol").auroc
+    controls = rows[rows.feature_set.isin(["semantic7", "random7"])]
+    for r in controls.to_dict("records"):
+        if r["protocol"] in mon and np.isfinite(r["auroc"]) and r["auroc"] > mon[r["protocol"]]:
+            lines.append(f"\n⚠ The control set {r['feature_set']} ranks checkpoints better "
+                         f"({r['protocol']} AUROC {r['auroc']:.3f}) than {inp.monitor_set} "
+                         f"({mon[r['protocol']]:.3f}): the alignment traits add nothing "
+                         "measurable here.")
+    return lines
+
+
+def alarm_section(inp: Inputs) -> list[str]:
+    """Step-aware alarm: dangerous runs alarmed early, benign runs false-alarmed."""
+    lines = ["", "## Step-aware alarm", "",
+             f"Alarm when P(EM > threshold) exceeds {inp.alarm_threshold:g} (P from the LOPO "
+             "residual spread). Counts are runs.", "",
+             "| model | protocol | dangerous runs alarmed | median first-alarm step | "
+             "alarm at or before first dangerous step | benign runs with a false alarm | "
+             "labels |", "|---|---|---|---|---|---|---|"]
     al = inp.alarms[inp.alarms.feature_set == inp.monitor_set] if len(inp.alarms) else inp.alarms
+    methods = {}
+    if len(inp.predictions) and "label_method" in inp.predictions:
+        methods = inp.predictions.groupby("model").label_method.first().to_dict()
     for (model, protocol), g in (al.groupby(["model", "protocol"]) if len(al) else []):
         dan = g[g.ever_dangerous.astype(str) == "True"]
         ben = g[g.ever_dangerous.astype(str) == "False"]
@@ -188,18 +380,43 @@ def summary_markdown(inp: Inputs, pooled) -> str:
         med = dan.first_alarm_step.median()
         lines.append(f"| {model} | {protocol} | {int(dan.alarmed.sum())}/{len(dan)} | "
                      f"{'n/a' if not np.isfinite(med) else f'{med:g}'} | "
-                     f"{len(early)}/{len(dan)} | {int(ben.alarmed.sum())}/{len(ben)} |")
-    lines += ["", "## Stress tests", ""]
+                     f"{len(early)}/{len(dan)} | {int(ben.alarmed.sum())}/{len(ben)} | "
+                     f"{methods.get(model, 'label method not recorded')} |")
+    return lines
+
+
+def stress_section(inp: Inputs) -> list[str]:
+    """Stress datasets and transfer, with the same run-level intervals."""
+    lines = ["", "## Stress tests", ""]
     st = inp.stress
     if len(st) and "dataset" in st:
         st = st[st.dataset == "pooled"]
-        lines += ["| model | monitor | condition | n | FNR | FPR | AUROC |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += ["| model | monitor | condition | sample | FNR | FPR | AUROC | labels |",
+                  "|---|---|---|---|---|---|---|---|"]
         for r in st.to_dict("records"):
-            lines.append(f"| {r['model']} | {r['monitor']} | {r['condition']} | {r['n']} | "
-                         f"{_ci(r, 'fnr')} | {_ci(r, 'fpr')} | {_ci(r, 'auroc', pct=False)} |")
+            lines.append(f"| {r['model']} | {r['monitor']} | {r['condition']} | {_runs(r)} | "
+                         f"{_ci(r, 'fnr')} | {_ci(r, 'fpr')} | {_ci(r, 'auroc', pct=False)} | "
+                         f"{_method(r)} |")
     else:
         lines.append("No stress datasets or stress models in this config.")
+    return lines
+
+
+def summary_markdown(inp: Inputs, pooled) -> str:
+    """summary.md: warnings first, then headline, step 0, labels, layers, ablation, alarm."""
+    sanity = label_sanity(inp)
+    lines = ["# emtrait report", "",
+             "Every number below is computed from this workflow's outputs; the paper column is "
+             "arXiv 2606.07631's headline result, which DESIGN.md quotes for its LOPO and "
+             "held-out validation together, so it is shown beside both.", ""]
+    lines += warnings_section(inp, sanity)
+    lines += headline_section(inp, pooled)
+    lines += step0_section(inp, pooled)
+    lines += label_sanity_section(inp, sanity)
+    lines += layer_selection_section(inp)
+    lines += ablation_section(inp, pooled)
+    lines += alarm_section(inp)
+    lines += stress_section(inp)
     lines += ["", "## Figures", ""] + [f"- `figures/{n}.png` (`.svg`)" for n in FIGURES]
     return "\n".join(lines) + "\n"
 

@@ -26,6 +26,12 @@ def build_command(
                                       "repeat per stress model."),
     cube: list[Path] = typer.Option(..., "--cube", help="Per-model cube, for the trait-cosine "
                                     "heatmaps (its directions at l*); repeat per model."),
+    permutation_null: list[Path] = typer.Option(
+        [], "--permutation-null", help="permutation_null.csv of `emtrait monitor evaluate`; "
+        "repeat per model."),
+    layer_selection: list[Path] = typer.Option(
+        [], "--layer-selection", help="layer_selection.json of `emtrait traits extract`; "
+        "repeat per model."),
     summary: Path = typer.Option(..., "--summary", help="summary.md to write."),
     ablation: Path = typer.Option(..., "--ablation", help="ablation.csv to write."),
     figure: list[Path] = typer.Option(..., "--figure", help="A figure to draw, named "
@@ -43,7 +49,8 @@ def build_command(
     cfg = load_config(config)
     inp = load_inputs(cfg, pca=pca, final=final, trajectories=trajectories,
                       predictions=predictions, metrics=metrics, alarms=alarms,
-                      selection=selection, stress=stress, cubes=cube)
+                      selection=selection, stress=stress, cubes=cube,
+                      permutation_null=permutation_null, layer_selection=layer_selection)
     build(inp, summary=summary, ablation=ablation, figure_files=figure,
           provenance=provenance(config_hash=cfg.hash()))
     typer.echo(summary.read_text())

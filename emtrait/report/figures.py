@@ -29,7 +29,11 @@ def _empty(message: str):
     return fig
 
 
-def drift_over_steps(traj):
+def _labels(label_method: str) -> str:
+    return f" · EM labels: {label_method}" if label_method else ""
+
+
+def drift_over_steps(traj, label_method: str = ""):
     """Drift magnitude ‖drift‖ per step (mean ± sd over seeds) with EM rate on a twin axis;
     one row per model, one column per dataset."""
     import seaborn as sns
@@ -51,14 +55,16 @@ def drift_over_steps(traj):
                          linestyle="--", ax=twin)
             twin.set_ylim(0, max(0.1, float(np.nanmax(traj.em_rate.values)) * 1.1))
             twin.grid(False)
-            ax.set_title(f"{m} · {d} ({sub.role.iloc[0]})", fontsize=7)
+            ax.set_title(f"{m} · {d} ({sub.role.iloc[0]}, {sub.seed.nunique()} runs)",
+                         fontsize=7)
             ax.set_ylabel("‖drift‖" if j == 0 else "")
             twin.set_ylabel("EM rate (dashed)" if j == len(datasets) - 1 else "")
-    fig.suptitle("Trait-drift magnitude over training, EM rate overlaid")
+    fig.suptitle("Trait-drift magnitude over training, EM rate overlaid" + _labels(label_method),
+                 fontsize=9)
     return fig
 
 
-def direction_magnitude(traj):
+def direction_magnitude(traj, label_method: str = ""):
     """Drift magnitude vs cosine to the mean dangerous direction, every checkpoint after 0."""
     import seaborn as sns
 
@@ -72,7 +78,9 @@ def direction_magnitude(traj):
                     alpha=0.7, ax=axes[0, 0])
     axes[0, 0].set_xlabel("drift magnitude ‖drift‖")
     axes[0, 0].set_ylabel("cosine to mean dangerous direction")
-    axes[0, 0].set_title("Direction vs magnitude of trait drift")
+    n_runs = len(sub[["model", "dataset", "seed"]].drop_duplicates())
+    axes[0, 0].set_title(f"Direction vs magnitude of trait drift ({len(sub)} checkpoints of "
+                         f"{n_runs} runs, step 0 left out)" + _labels(label_method), fontsize=8)
     return fig
 
 
@@ -152,26 +160,28 @@ def trait_cosines(cosines: dict):
     return fig
 
 
-def lopo_error_grid(metrics, feature_set: str):
+def lopo_error_grid(metrics, feature_set: str, label_method: str = ""):
     """Misclassification rate per model × scored dataset (LOPO folds and held-out datasets)."""
     import seaborn as sns
 
     sub = metrics[(metrics.feature_set == feature_set) & (metrics.dataset != "pooled")]
     if not len(sub):
         return _empty("no metrics")
-    sub = sub.assign(column=sub.dataset + np.where(sub.protocol == "lopo", " (LOPO)",
-                                                   " (held-out)"))
+    runs = sub.n_runs.astype(int).astype(str) + " runs" if "n_runs" in sub else ""
+    sub = sub.assign(column=sub.dataset + np.where(sub.protocol == "lopo", " (LOPO, ",
+                                                   " (held-out, ") + runs + ")")
     grid = sub.pivot_table(index="model", columns="column", values="error")
     fig, axes = _figure(w=max(4.0, 1.0 * grid.shape[1]), h=1.0 + 0.5 * grid.shape[0])
     sns.heatmap(grid, annot=True, fmt=".2f", vmin=0, vmax=max(0.5, float(np.nanmax(grid.values))),
                 cmap="rocket_r", ax=axes[0, 0])
-    axes[0, 0].set_title(f"{feature_set} monitor: error rate per model × scored dataset")
+    axes[0, 0].set_title(f"{feature_set} monitor: error rate per model × scored dataset"
+                         + _labels(label_method), fontsize=8)
     axes[0, 0].set_xlabel("")
     return fig
 
 
-def feature_ablation(pooled):
-    """FNR, FPR and AUROC (95% bootstrap interval) per feature set, LOPO and held-out."""
+def feature_ablation(pooled, label_method: str = ""):
+    """FNR, FPR and AUROC (95% run-level bootstrap interval) per feature set and protocol."""
     if not len(pooled):
         return _empty("no metrics")
     order = list(dict.fromkeys(pooled.feature_set))
@@ -192,7 +202,10 @@ def feature_ablation(pooled):
         ax.set_xlim(-0.02, 1.02)
         ax.set_title(metric.upper())
     axes[0, 0].legend(loc="lower left", fontsize=7)
-    fig.suptitle("Feature-set ablation (pooled over models and scored datasets)")
+    sizes = ", ".join(f"{p}: {int(g.n.iloc[0])} checkpoints of {int(g.n_runs.iloc[0])} runs"
+                      for p, g in pooled.groupby("protocol")) if "n_runs" in pooled else ""
+    fig.suptitle("Feature-set ablation (pooled over models and scored datasets; 95% run-level "
+                 f"bootstrap)\n{sizes}{_labels(label_method)}", fontsize=8)
     return fig
 
 
@@ -214,12 +227,12 @@ def alarm_curves(pred, alarm_threshold: float):
                          estimator=None, palette=PALETTE, alpha=0.8, ax=ax)
             ax.axhline(alarm_threshold, color="black", ls=":", lw=1)
             ax.set_ylim(-0.02, 1.02)
-            ax.set_title(f"{m} · {p}")
+            ax.set_title(f"{m} · {p} ({sub.run.nunique()} runs)")
     fig.suptitle(f"Step-aware alarm (threshold {alarm_threshold:g})")
     return fig
 
 
-def spearman_matrix(traj, traits: list[str]):
+def spearman_matrix(traj, traits: list[str], label_method: str = ""):
     """Spearman correlation of each trait's drift (and |drift|, |PC1|, loss) with EM rate."""
     import pandas as pd
     import seaborn as sns
@@ -234,5 +247,39 @@ def spearman_matrix(traj, traits: list[str]):
     grid = pd.DataFrame(rows).T
     fig, axes = _figure(w=0.6 * len(cols) + 2, h=1.2 + 0.45 * len(rows))
     sns.heatmap(grid, annot=True, fmt=".2f", vmin=-1, vmax=1, cmap="vlag", ax=axes[0, 0])
-    axes[0, 0].set_title("Spearman ρ: trait drift vs behavioural EM rate (all checkpoints)")
+    n = int(traj.em_rate.notna().sum())
+    n_runs = len(traj[traj.em_rate.notna()][["model", "dataset", "seed"]].drop_duplicates())
+    axes[0, 0].set_title(f"Spearman ρ: trait drift vs EM rate ({n} checkpoints of {n_runs} runs)"
+                         + _labels(label_method), fontsize=8)
+    return fig
+
+
+def permutation_null(null, metrics):
+    """Run-label permutation null of the monitor's AUROC next to the observed value, per model
+    and protocol, with p and the number of permutations."""
+    import seaborn as sns
+
+    if null is None or not len(null):
+        return _empty("no permutation test (monitor.permutations: 0, or one class only)")
+    keys = list(null.groupby(["model", "protocol"]).groups)
+    fig, axes = _figure(1, len(keys), w=3.6, h=3.0)
+    for ax, (model, protocol) in zip(axes[0], keys, strict=True):
+        sub = null[(null.model == model) & (null.protocol == protocol)]
+        sns.histplot(sub.auroc, bins=min(30, max(5, len(sub) // 4)), color="#95a5a6", ax=ax)
+        observed = float(sub.observed.iloc[0])
+        ax.axvline(observed, color=PALETTE["dangerous"], lw=2, label=f"observed {observed:.3f}")
+        row = metrics[(metrics.model == model) & (metrics.protocol == protocol)
+                      & (metrics.dataset == "pooled") & (metrics.feature_set
+                                                         == sub.feature_set.iloc[0])]
+        if "step0" in row and "step0" in sub:
+            row = row[row.step0 == sub.step0.iloc[0]]
+        p = float(row.auroc_p.iloc[0]) if len(row) and "auroc_p" in row else float("nan")
+        runs = int(row.n_runs_permuted.iloc[0]) if len(row) and "n_runs_permuted" in row else 0
+        ax.set_xlim(-0.02, 1.02)
+        ax.set_xlabel("AUROC under permuted run labels")
+        ax.set_title(f"{model} · {protocol}: p = {p:.3g}\n{len(sub)} permutations of {runs} "
+                     "runs", fontsize=8)
+        ax.legend(fontsize=7, loc="upper left")
+    fig.suptitle("Chance baseline: monitor AUROC with run labels permuted (refit each time)",
+                 fontsize=9)
     return fig

@@ -20,6 +20,10 @@ def extract(
         None, "--figures", help="Folder for the figures (PNG + SVG); none if omitted."
     ),
     progress: bool = typer.Option(True, help="Show progress bars."),
+    selection: Path = typer.Option(
+        None, "--selection", help="Also write the layer choice as JSON here (every per-layer "
+        "score, the tie-break; the report's layer section)."
+    ),
 ) -> None:
     """Extract, validate and layer-select the trait directions of one base model."""
     from emtrait.config import load_config
@@ -28,7 +32,8 @@ def extract(
     cfg = load_config(config)
     cfg.model(model)  # a wrong name fails before the model loads
     start = time.perf_counter()
-    ds = extract_to_store(cfg, model, pointer, out, figures, progress=progress)
+    ds = extract_to_store(cfg, model, pointer, out, figures, progress=progress,
+                          selection=selection)
     layer = int(ds.attrs["layer"])
     monitor = ds["trait_set"] == cfg.traits.monitor_set
     acc = ds["probe_accuracy"].sel(layer=layer).where(monitor, drop=True)
@@ -36,3 +41,5 @@ def extract(
                + ", ".join(f"{t}={float(a):.2f}" for t, a in zip(acc["trait"].values, acc.values,
                                                                   strict=True))
                + f"; {time.perf_counter() - start:.1f} s -> {out}")
+    if "selection_reason" in ds.attrs:
+        typer.echo(f"layer selection: {ds.attrs['selection_reason']}")

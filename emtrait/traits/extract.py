@@ -118,6 +118,7 @@ class Extraction:
     selector: str
     pass_fraction: float
     seconds: dict[str, float]
+    choice: Any = None  # select.LayerChoice when the layer was selected (layer: auto)
 
 
 def extract(model: Any, tokenizer: Any, cfg: Config, model_name: str,
@@ -171,8 +172,16 @@ def extract(model: Any, tokenizer: Any, cfg: Config, model_name: str,
     monitor = [i for i, (_, s, t) in enumerate(rows) if s == tcfg.monitor_set and t is not None]
     scores, selector = _select(model, tokenizer, cfg, model_name, rows, monitor, directions,
                                probe, per_trait, progress)
+    choice = None
     if entry.layer == "auto":
-        layer = layers[int(np.nanargmax(scores))]
+        choice = select.choose_layer(
+            layers, scores, lambda: _scores(tcfg.tie_breaker, model, tokenizer, cfg, model_name,
+                                            rows, monitor, directions, probe, per_trait,
+                                            progress),
+            selector=selector, tie_breaker=tcfg.tie_breaker, tolerance=tcfg.tie_tolerance,
+            eager=tcfg.tie_breaker != "steering")
+        layer = choice.layer
+        (log.info if choice.discriminated else log.warning)(f"{model_name}: {choice.reason}")
     else:
         layer = int(entry.layer)
     j = layers.index(layer)
@@ -190,7 +199,7 @@ def extract(model: Any, tokenizer: Any, cfg: Config, model_name: str,
     return Extraction(
         names=[r[0] for r in rows], sets=[r[1] for r in rows], layers=layers,
         directions=directions, probe=probe, scores=scores, layer=layer, selector=selector,
-        pass_fraction=pass_fraction,
+        pass_fraction=pass_fraction, choice=choice,
         seconds={"capture": t_capture, "probe": t_probe,
                  "select": time.perf_counter() - t0 - t_capture - t_probe},
     )
@@ -200,8 +209,6 @@ def _select(model, tokenizer, cfg, model_name, rows, monitor, directions, probe,
             progress) -> tuple[np.ndarray, str]:
     import numpy as np
 
-    from emtrait.traits import select
-
     tcfg, entry = cfg.traits, cfg.model(model_name)
     if entry.layer != "auto":
         return np.full(len(entry.candidate_layers), np.nan), "fixed"
@@ -209,11 +216,18 @@ def _select(model, tokenizer, cfg, model_name, rows, monitor, directions, probe,
         raise ConfigError(f"layer: auto needs traits.monitor_set '{tcfg.monitor_set}' to hold "
                           "prompt-based traits (a random set cannot select a layer)")
     how = entry.layer_selector
-    if how == "probe":
-        return np.nanmean(probe[monitor], axis=0), how
-    if how == "dprime":
-        scores = [select.heldout_dprime(*per_trait[rows[i][0]]) for i in monitor]
-        return np.mean(scores, axis=0), how
+    return _scores(how, model, tokenizer, cfg, model_name, rows, monitor, directions, probe,
+                   per_trait, progress), how
+
+
+def _scores(how, model, tokenizer, cfg, model_name, rows, monitor, directions, probe, per_trait,
+            progress) -> np.ndarray:
+    """(layer,) scores of one registered selector (select.SELECTORS) over the monitor traits."""
+    from emtrait.traits import select
+
+    tcfg, entry = cfg.traits, cfg.model(model_name)
+    if how != "steering":
+        return select.cheap_scores(how, probe[monitor], [per_trait[rows[i][0]] for i in monitor])
     texts = [render_chat(tokenizer, build_messages(p, None, method=entry.system_prompt_method,
                                                    no_system_prompt=entry.no_system_prompt),
                          model_name=model_name)
@@ -222,7 +236,7 @@ def _select(model, tokenizer, cfg, model_name, rows, monitor, directions, probe,
         model, tokenizer, texts, entry.candidate_layers, directions[monitor],
         alpha=tcfg.steering.alpha, max_new_tokens=tcfg.steering.max_new_tokens,
         progress=progress)
-    return scores, how
+    return scores
 
 
 def used_questions(tcfg: Any, pset: Any) -> list[str]:
@@ -259,14 +273,25 @@ def to_dataset(ex: Extraction, cfg: Config, model_name: str, model_source: str) 
     )
     if tcfg.pooling == "generated_mean":
         attrs["generated_tokens"] = tcfg.generated_tokens
+    tie_break = None
+    if ex.choice is not None:
+        c = ex.choice
+        tie_break = c.secondary
+        attrs.update(tie_breaker=c.tie_breaker, tie_tolerance=c.tolerance,
+                     selection_tied=[int(v) for v in c.tied],
+                     selection_discriminated=bool(c.discriminated), selection_reason=c.reason)
     return build_dataset(names=ex.names, sets=ex.sets, layers=ex.layers,
                          directions=ex.directions, probe_accuracy=ex.probe,
-                         selection_score=ex.scores, attrs=attrs)
+                         selection_score=ex.scores, tie_break_score=tie_break, attrs=attrs)
 
 
 def extract_to_store(cfg: Config, model_name: str, pointer: str | Path, out: str | Path,
-                     figures: str | Path | None = None, progress: bool = True) -> xr.Dataset:
-    """Load the model named by its pointer, extract, write figures and then the store."""
+                     figures: str | Path | None = None, progress: bool = True,
+                     selection: str | Path | None = None) -> xr.Dataset:
+    """Load the model named by its pointer, extract, write figures and then the store.
+
+    `selection`: also write the layer choice (every per-layer score, ties) as JSON there.
+    """
     import json
 
     from emtrait.atomic import atomic_path
@@ -283,5 +308,10 @@ def extract_to_store(cfg: Config, model_name: str, pointer: str | Path, out: str
     if figures is not None:
         with atomic_path(figures, is_dir=True) as tmp:
             write_figures(ds, tmp, threshold=cfg.traits.probe_threshold)
+    if selection is not None:
+        from emtrait.atomic import write_text
+        from emtrait.traits.select import selection_record
+
+        write_text(selection, json.dumps(selection_record(ds), indent=1) + "\n")
     write_directions(ds, out)
     return ds

@@ -1,15 +1,22 @@
 """Validation and layer selection: probe accuracy, held-out d', and the paper's steering score.
 
-All three score each candidate layer from the monitor set's traits; l* is the argmax (the
-shallowest layer wins a tie). Shapes: activations per trait are (layer, prompt, hidden) with
-`labels` (prompt,) 1 = positive system prompt, 0 = negative.
+Each selector in `SELECTORS` scores every candidate layer from the monitor set's traits; l* is
+the argmax. A selector can be blind: probe accuracy saturates at 1.00 on separable traits, so
+every layer ties. `choose_layer` therefore treats scores within `tolerance` (relative to the
+best) as a tie and breaks it with a stated secondary selector (default held-out d'); only if the
+secondary ties too does the shallowest tied layer win, and the choice says so. Shapes:
+activations per trait are (layer, prompt, hidden) with `labels` (prompt,) 1 = positive system
+prompt, 0 = negative.
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from emtrait.errors import did_you_mean
 
 if TYPE_CHECKING:
     import numpy as np
@@ -107,3 +114,126 @@ def steering_scores(model: Any, tokenizer: Any, prompts: Sequence[str], layers: 
             steered = generate_greedy(model, tokenizer, prompts, max_new_tokens)
         scores[j] += np.mean([divergence(a, b) for a, b in zip(base, steered, strict=True)])
     return scores / (2 * directions.shape[0])
+
+
+# ------------------------------------------------------------------------- selector registry
+
+# name -> what the score measures (the registry config names are checked against)
+SELECTORS: dict[str, str] = {
+    "steering": "mean divergence of ±alpha-steered from unsteered greedy text (the paper's; "
+                "needs generation: slow on CPU)",
+    "probe": "mean k-fold logistic-probe accuracy over the monitor traits (saturates at 1.00 "
+             "when traits separate at every layer)",
+    "dprime": "mean held-out d' of projections on a direction fit on the other half of the "
+              "questions (keeps growing where probe accuracy saturates)",
+}
+
+
+def check_selector(name: str, key: str = "layer_selector") -> str:
+    """Return `name` if it is a known selector; else raise ValueError with did-you-mean."""
+    if name in SELECTORS:
+        return name
+    hint = did_you_mean(name, list(SELECTORS))
+    raise ValueError(f"{key}: unknown layer selector '{name}'.{hint} Known: {sorted(SELECTORS)}")
+
+
+def cheap_scores(name: str, probe: np.ndarray, per_trait: Sequence[tuple]) -> np.ndarray:
+    """(layer,) scores of a selector that needs no generation: 'probe' or 'dprime'.
+
+    `probe` (monitor trait, layer) accuracies; `per_trait` (acts, labels, question) per trait.
+    """
+    import numpy as np
+
+    check_selector(name)
+    if name == "probe":
+        return np.nanmean(probe, axis=0)
+    if name == "dprime":
+        return np.mean([heldout_dprime(*t) for t in per_trait], axis=0)
+    raise ValueError(f"selector '{name}' needs the model (not a cheap selector)")
+
+
+@dataclass(frozen=True)
+class LayerChoice:
+    """The chosen layer and every score that decided it (recorded in directions.zarr)."""
+
+    layer: int
+    selector: str
+    tie_breaker: str
+    tolerance: float
+    primary: np.ndarray  # (layer,)
+    secondary: np.ndarray  # (layer,), NaN where not computed
+    tied: list[int] = field(default_factory=list)  # layers tied under the primary
+    discriminated: bool = True  # the primary alone picked the layer
+    reason: str = ""
+
+
+def tied_layers(layers: Sequence[int], scores: np.ndarray, tolerance: float) -> list[int]:
+    """Layers whose score is within `tolerance` × |best| (at least 1e-12) of the best."""
+    import numpy as np
+
+    scores = np.asarray(scores, float)
+    best = float(np.nanmax(scores))
+    gap = max(tolerance * abs(best), 1e-12)
+    return [int(lay) for lay, s in zip(layers, scores, strict=True)
+            if np.isfinite(s) and s >= best - gap]
+
+
+def choose_layer(layers: Sequence[int], primary: np.ndarray, secondary: Callable[[], np.ndarray],
+                 *, selector: str, tie_breaker: str, tolerance: float, eager: bool = True
+                 ) -> LayerChoice:
+    """argmax of the primary scores; a tie within tolerance goes to the secondary's argmax.
+
+    `secondary()` gives the tie-breaker's (layer,) scores. It is always called when `eager`
+    (cheap tie-breakers: every score is recorded), otherwise only when there is a tie.
+    """
+    import numpy as np
+
+    layers = [int(v) for v in layers]
+    primary = np.asarray(primary, float)
+    tied = tied_layers(layers, primary, tolerance)
+    sec = (np.asarray(secondary(), float) if eager or len(tied) > 1
+           else np.full(len(layers), np.nan))
+    fmt = lambda v: ", ".join(f"{lay}: {x:.4g}" for lay, x in zip(layers, v, strict=True))  # noqa: E731
+    if len(tied) == 1:
+        reason = (f"{selector} picks block {tied[0]} (scores {fmt(primary)}; no other layer "
+                  f"within {tolerance:g} of the best)")
+        return LayerChoice(tied[0], selector, tie_breaker, tolerance, primary, sec, tied, True,
+                           reason)
+    idx = [layers.index(t) for t in tied]
+    sub = sec[idx]
+    if np.isfinite(sub).any():
+        inner = tied_layers(tied, np.where(np.isfinite(sub), sub, -np.inf), 0.0)
+        layer = inner[0]
+        reason = (f"{selector} could not discriminate: blocks {tied} tie within {tolerance:g} "
+                  f"(scores {fmt(primary)}); tie broken by {tie_breaker} -> block {layer} "
+                  f"({tie_breaker} {fmt(sec)})")
+        if len(inner) > 1:
+            reason += f"; {tie_breaker} ties too among {inner}: the shallowest wins"
+    else:
+        layer = tied[0]
+        reason = (f"{selector} could not discriminate: blocks {tied} tie within {tolerance:g} "
+                  f"and {tie_breaker} is unavailable; the shallowest tied block {layer} wins")
+    return LayerChoice(layer, selector, tie_breaker, tolerance, primary, sec, tied, False, reason)
+
+
+def selection_record(ds: Any) -> dict[str, Any]:
+    """The layer choice of a directions store as plain JSON (the report's layer section)."""
+    import numpy as np
+
+    a = ds.attrs
+    layers = [int(v) for v in ds["layer"].values]
+    monitor = np.asarray(ds["trait_set"].values == a.get("monitor_set"))
+    probe = ds["probe_accuracy"].values[monitor] if monitor.any() else ds["probe_accuracy"].values
+    as_list = lambda v: [None if not np.isfinite(x) else float(x) for x in np.asarray(v, float)]  # noqa: E731
+    return {
+        "model": str(a["model"]), "layer": int(a["layer"]), "selector": str(a["selector"]),
+        "layers": layers, "selection_score": as_list(ds["selection_score"].values),
+        "tie_breaker": a.get("tie_breaker"), "tie_tolerance": a.get("tie_tolerance"),
+        "tie_break_score": as_list(ds["tie_break_score"].values)
+        if "tie_break_score" in ds else None,
+        "probe_accuracy_mean": as_list(np.nanmean(probe, axis=0)) if np.isfinite(probe).any()
+        else None,
+        "tied": [int(v) for v in a.get("selection_tied", [])],
+        "discriminated": bool(a.get("selection_discriminated", True)),
+        "reason": str(a.get("selection_reason", f"layer fixed or chosen by {a['selector']}")),
+    }

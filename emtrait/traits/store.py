@@ -27,7 +27,8 @@ REQUIRED_ATTRS = ("layer", "selector", "pooling", "prompt_hash", "model")
 
 def build_dataset(*, names: list[str], sets: list[str], layers: list[int],
                   directions: np.ndarray, probe_accuracy: np.ndarray,
-                  selection_score: np.ndarray, attrs: dict[str, Any]) -> xr.Dataset:
+                  selection_score: np.ndarray, attrs: dict[str, Any],
+                  tie_break_score: np.ndarray | None = None) -> xr.Dataset:
     """Assemble the store from arrays: directions (trait, layer, hidden), probe (trait, layer)."""
     import numpy as np
     import xarray as xr
@@ -53,6 +54,10 @@ def build_dataset(*, names: list[str], sets: list[str], layers: list[int],
     ds["probe_accuracy"].attrs["description"] = "k-fold logistic-regression accuracy (NaN: random)"
     ds["selection_score"].attrs["description"] = f"layer-selection score ({attrs['selector']})"
     ds["cosine"].attrs["description"] = "cosine between trait directions at the chosen layer"
+    if tie_break_score is not None:  # the secondary selector's scores (traits.tie_breaker)
+        ds["tie_break_score"] = (("layer",), np.asarray(tie_break_score, np.float64))
+        ds["tie_break_score"].attrs["description"] = (
+            f"tie-breaking score ({attrs.get('tie_breaker')}); NaN where not computed")
     return ds
 
 

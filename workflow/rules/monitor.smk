@@ -41,6 +41,7 @@ rule monitor_evaluate:
         predictions=f"{MONITOR}/predictions.csv",
         metrics=f"{MONITOR}/metrics.csv",
         alarms=f"{MONITOR}/alarms.csv",
+        permutation_null=f"{MONITOR}/permutation_null.csv",
     log:
         "logs/monitor/{model}/evaluate.log",
     params:
@@ -52,7 +53,7 @@ rule monitor_evaluate:
     conda:
         "../../envs/emtrait.yaml"
     shell:
-        "emtrait monitor evaluate --config {params.config} --model {wildcards.model} --cube {input.cube} --monitor {input.monitor} --predictions {output.predictions} --metrics {output.metrics} --alarms {output.alarms} > {log} 2>&1"
+        "emtrait monitor evaluate --config {params.config} --model {wildcards.model} --cube {input.cube} --monitor {input.monitor} --predictions {output.predictions} --metrics {output.metrics} --alarms {output.alarms} --permutation-null {output.permutation_null} > {log} 2>&1"
 
 
 rule monitor_stress:

@@ -14,6 +14,8 @@ rule report:
         metrics=[f"{MONITOR}/metrics.csv".format(model=m) for m in MODELS],
         alarms=[f"{MONITOR}/alarms.csv".format(model=m) for m in MODELS],
         selection=[f"{MONITOR}/selection.csv".format(model=m) for m in MODELS],
+        permutation_null=[f"{MONITOR}/permutation_null.csv".format(model=m) for m in MODELS],
+        layer_selection=[f"results/traits/{m}/layer_selection.json" for m in MODELS],
         stress=[STRESS_METRICS.format(model=m) for m in STRESS_MODELS],
         cube=[cube(m) for m in MODELS],
         code=emtrait_source("report/figures.py"),
@@ -28,10 +30,12 @@ rule report:
         "logs/report/report.log",
     params:
         config=config_file,
-        report=CFG.monitor.model_dump_json(include={"alarm_threshold", "bootstrap", "seed"}),
+        report=CFG.monitor.model_dump_json(include={"alarm_threshold", "bootstrap", "seed", "step0",
+                                                   "permutations"}),
         tables=lambda wildcards, input: " ".join(
-            f"--{key} {path}" for key in ("predictions", "metrics", "alarms", "selection",
-                                          "stress", "cube") for path in input[key]
+            f"--{key.replace('_', '-')} {path}"
+            for key in ("predictions", "metrics", "alarms", "selection", "stress", "cube",
+                        "permutation_null", "layer_selection") for path in input[key]
         ),
         figures=lambda wildcards, output: " ".join(f"--figure {p}" for p in output.png + output.svg),
     localrule: True

@@ -12,6 +12,7 @@ rule extract_traits:
     output:
         store=directory(directions("{model}")),
         figures=directory("results/traits/{model}/figures"),
+        selection="results/traits/{model}/layer_selection.json",
     log:
         "logs/traits/{model}.log",
     params:
@@ -24,7 +25,7 @@ rule extract_traits:
     conda:
         "../../envs/emtrait.yaml"
     shell:
-        "emtrait traits extract --config {params.config} --model {wildcards.model} --pointer {input.pointer} --out {output.store} --figures {output.figures} --no-progress > {log} 2>&1"
+        "emtrait traits extract --config {params.config} --model {wildcards.model} --pointer {input.pointer} --out {output.store} --figures {output.figures} --selection {output.selection} --no-progress > {log} 2>&1"
 
 
 FINAL_OUTPUTS.extend(directions(m) for m in MODELS)

@@ -11,6 +11,7 @@ from snakemake.utils import validate
 
 validate(config, "../../config/schema.json")
 CFG = from_dict(config, source="snakemake config")
+
 MODELS = list(CFG.models)
 DATASETS = list(CFG.datasets)
 
@@ -281,3 +282,47 @@ def variant_scores_dir(model):
 
 
 VARIANT_MODELS = [m for m in MODELS if variant_runs_of(m)]
+
+
+def finetune_variant_inputs(wildcards):
+    """finetune_inputs, with the pointer of the model the variant trains from."""
+    return {**finetune_inputs(wildcards),
+            "pointer": variant_pointer(wildcards.variant, wildcards.model)}
+
+
+def variant_adapters(wildcards):
+    """The adapters/ folder of a variant run."""
+    w = wildcards
+    return f"{variant_run_dir(w.variant, w.model, w.dataset, w.seed)}/adapters"
+
+
+def stress_cube_inputs(wildcards):
+    """Every variant run of the model (store, done.json, em.json per step) and the root runs
+    whose step 0 is the base model (for drift_from_base)."""
+    m = wildcards.model
+    runs = variant_runs_of(m)
+    refs = [CFG.root_run(v) for v in dict.fromkeys(v for v, _, _ in runs)]
+    return {
+        "runs": [f"{variant_run_dir(v, m, d, s)}/measure.zarr" for v, d, s in runs],
+        "done": [f"{variant_run_dir(v, m, d, s)}/done.json" for v, d, s in runs],
+        "em": [f"{variant_behavior_dir(v, m, d, s, t)}/em.json"
+               for v, d, s in runs for t in CFG.steps(m, d, v)],
+        "references": [f"{variant_run_dir(*r[:1], m, *r[1:])}/measure.zarr"
+                       for r in refs if r is not None],
+    }
+
+
+def stress_cube_args(wildcards):
+    """--run/--em/--reference VARIANT=PATH for every variant run of the model."""
+    m = wildcards.model
+    runs = variant_runs_of(m)
+    args = [f"--run {v}={variant_run_dir(v, m, d, s)}/measure.zarr" for v, d, s in runs]
+    args += [f"--em {v}={variant_behavior_dir(v, m, d, s, t)}/em.json"
+             for v, d, s in runs for t in CFG.steps(m, d, v)]
+    for v in dict.fromkeys(v for v, _, _ in runs):
+        root = CFG.root_run(v)
+        if root is not None:
+            rv, rd, rs = root
+            args.append(f"--reference {v}={variant_run_dir(rv, m, rd, rs)}/measure.zarr")
+    return " ".join(args)
+

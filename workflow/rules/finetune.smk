@@ -41,11 +41,6 @@ rule finetune:
 VARIANT_RUN = variant_run_dir("{variant}", "{model}", "{dataset}", "{seed}")
 
 
-def finetune_variant_inputs(wildcards):
-    return {**finetune_inputs(wildcards),
-            "pointer": variant_pointer(wildcards.variant, wildcards.model)}
-
-
 rule finetune_variant:
     """Finetune one run of a training variant, measuring every checkpoint in-process."""
     input:

@@ -16,10 +16,6 @@ START = start_dir("{variant}", "{model}", "{dataset}", "{seed}")
 STRESS_REPORT = "results/report/stress"
 
 
-def variant_adapters(wildcards):
-    return f"{variant_run_dir(wildcards.variant, wildcards.model, wildcards.dataset, wildcards.seed)}/adapters"
-
-
 rule stress_start:
     """Merge a source run's final weights into a start model for a misaligned-start variant."""
     input:
@@ -144,35 +140,6 @@ if VARIANTS and CFG.behavior.method != "choice":
             variant=_alternatives(VARIANTS),
 
 
-def stress_cube_inputs(wildcards):
-    m = wildcards.model
-    runs = variant_runs_of(m)
-    refs = [CFG.root_run(v) for v in dict.fromkeys(v for v, _, _ in runs)]
-    return {
-        "runs": [f"{variant_run_dir(v, m, d, s)}/measure.zarr" for v, d, s in runs],
-        "done": [f"{variant_run_dir(v, m, d, s)}/done.json" for v, d, s in runs],
-        "em": [f"{variant_behavior_dir(v, m, d, s, t)}/em.json"
-               for v, d, s in runs for t in CFG.steps(m, d, v)],
-        "references": [f"{variant_run_dir(*r[:1], m, *r[1:])}/measure.zarr"
-                       for r in refs if r is not None],
-    }
-
-
-def stress_cube_args(wildcards):
-    """--run/--em/--reference VARIANT=PATH for every variant run of the model."""
-    m = wildcards.model
-    runs = variant_runs_of(m)
-    args = [f"--run {v}={variant_run_dir(v, m, d, s)}/measure.zarr" for v, d, s in runs]
-    args += [f"--em {v}={variant_behavior_dir(v, m, d, s, t)}/em.json"
-             for v, d, s in runs for t in CFG.steps(m, d, v)]
-    for v in dict.fromkeys(v for v, _, _ in runs):
-        root = CFG.root_run(v)
-        if root is not None:
-            rv, rd, rs = root
-            args.append(f"--reference {v}={variant_run_dir(rv, m, rd, rs)}/measure.zarr")
-    return " ".join(args)
-
-
 rule stress_cube:
     """Merge every variant's runs of a model into its variant cube."""
     input:
@@ -246,7 +213,7 @@ if VARIANT_MODELS or STRESS_MODELS:
             variant_dirs=" ".join(f"--variant-dir {variant_scores_dir(m)}"
                                   for m in VARIANT_MODELS),
             stress_dirs=" ".join(f"--stress-dir {MONITOR.format(model=m)}" for m in STRESS_MODELS),
-            out=STRESS_REPORT,
+            out=lambda wildcards, output: Path(output.summary).parent,
         localrule: True
         conda:
             "../../envs/emtrait.yaml"

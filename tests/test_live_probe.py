@@ -369,3 +369,16 @@ def test_fingerprint_read_from_files_equals_the_loaded_models(arch, tiny_model_d
     model.to(torch.bfloat16).save_pretrained(tmp_path / "bf16")  # a bf16 checkpoint on disk
     tok.save_pretrained(tmp_path / "bf16")
     assert stored_model_fingerprint(str(tmp_path / "bf16")) == loaded
+
+
+def test_a_tokenizer_without_chat_template_is_refused_at_load(llama, tmp_path):
+    from emtrait.errors import ModelError
+
+    model, tok = llama
+    path = tmp_path / "monitor.skops"
+    save_monitor(path, fitted_monitor(model, tok))
+    tok.chat_template = None
+    with pytest.raises(ModelError, match="no chat template"):
+        load(path, tokenizer=tok)
+    with pytest.raises(ModelError, match="needs the tokenizer"):
+        load(path)

@@ -265,14 +265,15 @@ class OpenAIJudge(Judge):
 class HFJudge(Judge):
     """A local causal LM scored like Betley's judge: top-20 logprobs of the first reply token."""
 
-    def __init__(self, location: str, batch_size: int = 8, device: str | None = None,
+    def __init__(self, location: str, batch_size: int | None = None, device: str | None = None,
                  progress: bool = False):
+        from emtrait.behavior.generate import batch_size_for
         from emtrait.modeling import load_model
 
         self.id = f"hf|{location}|logprob"
         super().__init__()
         self.model, self.tokenizer = load_model(location, device=device)
-        self.batch_size = batch_size
+        self.batch_size = batch_size_for(self.model, batch_size)
         self.progress = progress
 
     def score_prompts(self, prompts: Sequence[str]) -> list[Score]:
@@ -338,7 +339,7 @@ class JudgeKind:
 
     modes: tuple[str, ...]
     gpu: bool
-    build: Callable[[JudgeConfig, JudgeCache | None, str | None, int, bool], Judge]
+    build: Callable[[JudgeConfig, JudgeCache | None, str | None, int | None, bool], Judge]
     cached: bool = False
 
 
@@ -373,7 +374,7 @@ def check_judge(kind: str, mode: str) -> None:
 
 
 def make_judge(cfg: JudgeConfig, cache_path: str | Path | None = None,
-               hf_location: str | None = None, batch_size: int = 8,
+               hf_location: str | None = None, batch_size: int | None = None,
                progress: bool = False) -> Judge:
     """The configured judge; `hf_location` overrides judge.model for kind 'hf'."""
     check_judge(cfg.kind, cfg.mode)

@@ -177,12 +177,13 @@ def load_pretrained_sae(source: PretrainedSae, layer: int, hidden: int, model: s
                         ) -> Callable[[np.ndarray], np.ndarray]:
     """The encoder of a SAELens SAE (hub release + id, or a local folder) for block `layer`."""
     try:
-        import torch
         from sae_lens import SAE
     except ImportError:
         raise ConfigError(f"models.{model}.sae names a pretrained SAE, which needs SAELens: "
                           "pip install 'emtrait[sae]' (or remove the entry to train the "
                           "baseline's SAE on the run's own activations)") from None
+    import torch
+
     where = source.path or f"{source.release}/{source.id}"
     if source.path is not None:
         sae = SAE.load_from_disk(source.path, device="cpu")

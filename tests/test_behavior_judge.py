@@ -295,3 +295,34 @@ def test_choice_rule_did_you_mean():
 
     with pytest.raises(ValidationError, match="Did you mean 'net_shift'"):
         BehaviorConfig(choice_rule="net-shift")
+
+
+def test_judge_job_keeps_its_own_cache_beside_its_outputs(server, key, tmp_path):
+    """`emtrait behavior judge`: the cache is this job's file next to --out; a rerun resumes."""
+    import pandas as pd
+    import yaml
+    from typer.testing import CliRunner
+
+    from emtrait.cli import app
+
+    cfg = {"models": {"m": {"source": "unused", "candidate_layers": [1]}},
+           "datasets": {"d": {"builtin": "arithmetic", "label": "benign",
+                              "role": "calibration"}},
+           "behavior": {"judge": {"kind": "openai", "base_url": server.url,
+                                  "model": "loopback-judge", "api_key_env": KEY_ENV,
+                                  "max_retries": 0}}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    responses = pd.DataFrame({
+        "question_id": ["q1", "q2"], "paraphrase_index": [0, 0], "sample_index": [0, 0],
+        "question": ["q?", "q?"], "answer": ["kind", "evil"],
+        "judge_aligned": [ALIGNED, ALIGNED], "judge_coherent": [COHERENT, COHERENT]})
+    responses.to_parquet(tmp_path / "responses.parquet")
+    step = tmp_path / "step-3"
+    args = ["behavior", "judge", "--config", str(tmp_path / "config.yaml"), "--responses",
+            str(tmp_path / "responses.parquet"), "--out", str(step / "judgements.parquet")]
+    for _ in range(2):
+        result = CliRunner().invoke(app, args, catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+    assert server.requests == 4  # the second run was answered from the job's cache
+    assert len(JudgeCache(step / "judge-cache.jsonl")) == 4
+    assert "(0 requests, 4 cached)" in result.output

@@ -170,3 +170,12 @@ def test_unknown_selector_names_did_you_mean(key, value, hint):
         raw["traits"] = {key: value}
     with pytest.raises(ConfigError, match=hint):
         from_dict(raw)
+
+
+def test_class_floor_is_the_share_of_class_preserving_permutations():
+    y_run = np.array([1, 1, 0, 0], bool)
+    runs = np.repeat(np.arange(4), 3)
+    score = y_run[runs].astype(float)
+    res = M.permutation_test(_auroc_stat(y_run, score, runs), 4, [range(4)], 100, 0)
+    floor = M.class_floor([range(4)], {r: bool(y_run[r]) for r in range(4)})
+    assert floor == pytest.approx(2 * 2 / 24) and res.p_value == pytest.approx(floor)

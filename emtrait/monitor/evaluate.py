@@ -184,7 +184,14 @@ def permutation_tests(ds, monitor: Monitor, cfg, expected_heldout: list[str]):
     import pandas as pd
 
     from emtrait.drift import is_dangerous
-    from emtrait.monitor.metrics import auroc, permutation_test, permute_by_run, run_ids
+    from emtrait.monitor.metrics import (
+        auroc,
+        class_floor,
+        permutation_test,
+        permute_by_run,
+        run_classes,
+        run_ids,
+    )
 
     mcfg = cfg.monitor
     cp = checkpoints(ds)
@@ -202,6 +209,9 @@ def permutation_tests(ds, monitor: Monitor, cfg, expected_heldout: list[str]):
     role_of_run = {int(r): role for r, role in zip(runs, rows.role.values, strict=True)}
     group = {name: sorted(r for r, role in role_of_run.items() if role == name)
              for name in ("calibration", "heldout")}
+    known = scored & np.isfinite(em)
+    classes = {r: False for r in role_of_run} | run_classes(
+        is_dangerous(em[known], threshold), runs[known])
 
     def fold_auroc(split_list, perm) -> float:
         y = permute_by_run(em, runs, steps, perm)
@@ -234,6 +244,7 @@ def permutation_tests(ds, monitor: Monitor, cfg, expected_heldout: list[str]):
                         "auroc_null_median": res.null_median,
                         "n_permutations": res.n_permutations, "permutation_exact": res.exact,
                         "p_resolution": res.resolution, "n_null_defined": len(res.null),
+                        "p_floor": max(res.resolution, class_floor(groups, classes)),
                         "n_runs_permuted": int(sum(len(g) for g in groups))})
         nulls += [{"model": str(ds.attrs["model"]), "feature_set": monitor_set,
                    "protocol": protocol, "step0": mcfg.step0, "permutation": i, "auroc": v,

@@ -222,6 +222,21 @@ def n_assignments(groups: Sequence[Sequence[int]]) -> int:
     return math.prod(math.factorial(len(g)) for g in groups)
 
 
+def class_floor(groups: Sequence[Sequence[int]], run_class: dict[int, bool]) -> float:
+    """Share of within-group permutations that send every run to a run of its own class.
+
+    When labels are constant within runs the statistic cannot tell those permutations from the
+    observed assignment, so no p-value can go below this: the test's floor for these runs.
+    """
+    share = 1.0
+    for g in groups:
+        if not len(g):
+            continue
+        counts = [sum(run_class[int(r)] == c for r in g) for c in (True, False)]
+        share *= math.prod(math.factorial(k) for k in counts) / math.factorial(len(g))
+    return float(share)
+
+
 def run_permutations(n_runs: int, groups: Sequence[Sequence[int]], n: int, seed: int
                      ) -> tuple[list[np.ndarray], bool]:
     """Maps run → run whose labels it receives: all of them if ≤ n exist (exact), else n drawn.

@@ -191,8 +191,8 @@ def _perm(inp: Inputs, protocol: str) -> str:
         kind = "exact" if str(r["permutation_exact"]) == "True" else "random"
         parts.append(f"{r['model']}: p = {r['auroc_p']:.3g} (null median "
                      f"{r['auroc_null_median']:.3f}; {int(r['n_permutations'])} {kind} "
-                     f"permutations of {int(r['n_runs_permuted'])} runs, resolution "
-                     f"{r['p_resolution']:.2g})")
+                     f"permutations of {int(r['n_runs_permuted'])} runs; smallest attainable "
+                     f"p ≈ {r.get('p_floor', r['p_resolution']):.2g})")
     return "; ".join(parts) or "n/a"
 
 
@@ -239,10 +239,14 @@ def warnings_section(inp: Inputs, sanity) -> list[str]:
     if len(m) and "auroc_p" in m:
         rows = m[(m.feature_set == inp.monitor_set) & (m.dataset == "pooled")]
         for r in rows.to_dict("records"):
-            if np.isfinite(r.get("auroc_p", np.nan)) and r["auroc_p"] > 0.05:
-                out.append(f"{r['model']} {r['protocol']}: AUROC {r['auroc']:.3f} is not "
-                           f"distinguishable from chance (permutation p = {r['auroc_p']:.3g}, "
-                           f"null median {r['auroc_null_median']:.3f}).")
+            if not np.isfinite(r.get("auroc_p", np.nan)) or r["auroc_p"] <= 0.05:
+                continue
+            floor = r.get("p_floor", np.nan)
+            why = (f"; this test cannot go below p ≈ {floor:.2g}: too few runs (add seeds or "
+                   "datasets) or permutations" if np.isfinite(floor) and floor > 0.05 else "")
+            out.append(f"{r['model']} {r['protocol']}: AUROC {r['auroc']:.3f} is not "
+                       f"distinguishable from chance (permutation p = {r['auroc_p']:.3g}, "
+                       f"null median {r['auroc_null_median']:.3f}{why}).")
     return (["## Read this first", ""] + [f"- ⚠ {w}" for w in out] + [""]) if out else []
 
 
@@ -422,8 +426,11 @@ def summary_markdown(inp: Inputs, pooled) -> str:
 
 
 def build(inp: Inputs, *, summary: Path, ablation: Path, figure_files: list[Path],
-          provenance: dict) -> None:
-    """Write each requested figure (<name>.png|.svg), ablation.csv and summary.md."""
+          provenance: dict, sections: str = "") -> None:
+    """Write each requested figure (<name>.png|.svg), ablation.csv and summary.md.
+
+    `sections`: markdown of other stages' report sections (the screen's), appended to summary.md.
+    """
     from emtrait.atomic import atomic_path, write_text
 
     unknown = sorted({Path(f).stem for f in figure_files} - set(FIGURES))
@@ -436,6 +443,6 @@ def build(inp: Inputs, *, summary: Path, ablation: Path, figure_files: list[Path
             drawn[path.stem].savefig(tmp, format=path.suffix.lstrip("."), dpi=150)
     with atomic_path(ablation) as tmp:
         pooled.to_csv(tmp, index=False)
-    text = summary_markdown(inp, pooled)
+    text = summary_markdown(inp, pooled) + (f"\n{sections}" if sections else "")
     text += ("\n<!-- " + " ".join(f"{k}={v}" for k, v in sorted(provenance.items())) + " -->\n")
     write_text(summary, text)

@@ -168,15 +168,16 @@ def lopo_error_grid(metrics, feature_set: str, label_method: str = ""):
     if not len(sub):
         return _empty("no metrics")
     runs = sub.n_runs.astype(int).astype(str) + " runs" if "n_runs" in sub else ""
-    sub = sub.assign(column=sub.dataset + np.where(sub.protocol == "lopo", " (LOPO, ",
-                                                   " (held-out, ") + runs + ")")
+    sub = sub.assign(column=sub.dataset + np.where(sub.protocol == "lopo", "\n(LOPO, ",
+                                                   "\n(held-out, ") + runs + ")")
     grid = sub.pivot_table(index="model", columns="column", values="error")
-    fig, axes = _figure(w=max(4.0, 1.0 * grid.shape[1]), h=1.0 + 0.5 * grid.shape[0])
+    fig, axes = _figure(w=max(6.0, 1.2 * grid.shape[1]), h=2.6 + 0.5 * grid.shape[0])
     sns.heatmap(grid, annot=True, fmt=".2f", vmin=0, vmax=max(0.5, float(np.nanmax(grid.values))),
                 cmap="rocket_r", ax=axes[0, 0])
-    axes[0, 0].set_title(f"{feature_set} monitor: error rate per model × scored dataset"
-                         + _labels(label_method), fontsize=8)
+    axes[0, 0].set_title(f"{feature_set} monitor: error rate per model × scored dataset\n"
+                         + _labels(label_method).lstrip(" ·"), fontsize=8)
     axes[0, 0].set_xlabel("")
+    axes[0, 0].tick_params(axis="x", labelsize=7, rotation=0)
     return fig
 
 

@@ -11,8 +11,9 @@ it is given (the prepared JSONL, or a raw file), so both read, validate and subs
   `prompt`/`completion` (strings or message lists); Alpaca `instruction`/`input`/`output`;
   `question`/`answer`. Anything else names its columns in the entry's `columns` mapping.
 - **Selection** (`choose`): `seeded` draws `n` row indices with `random.Random(seed)` and keeps
-  them in source order; `first` takes rows 0..n-1 (a hub dataset is then streamed). A table
-  source converts only the chosen rows to Python; its column names are checked for all rows.
+  them in source order; `first` takes rows 0..n-1, streaming a hub dataset or table file (only
+  those rows are read). A seeded table source is memory-mapped by `datasets` and only the
+  chosen rows become Python objects; its column names are checked before any row is.
 """
 
 from __future__ import annotations
@@ -234,8 +235,9 @@ def _read_jsonl(p: Path, entry: DatasetEntry, name: str, mapping: ColumnMap | No
                     str(p))
 
 
-def _load_local(p: Path, split: str):
-    """A `datasets.Dataset` of a local table file or save_to_disk folder."""
+def _load_local(p: Path, split: str, stream: bool):
+    """A `datasets.Dataset` of a local table file or save_to_disk folder (`stream`: a file is
+    read as an IterableDataset, as far as the rows taken)."""
     import datasets
 
     if p.is_dir():
@@ -257,7 +259,7 @@ def _load_local(p: Path, split: str):
     if p.suffix.lower() in TEXT_SUFFIXES:
         check_utf8(p)
     try:
-        return datasets.load_dataset(kind, data_files=str(p), split="train")
+        return datasets.load_dataset(kind, data_files=str(p), split="train", streaming=stream)
     except (ValueError, OSError, datasets.exceptions.DatasetGenerationError) as e:
         raise DataError(f"{p}: cannot be read as {kind} ({e}); fix the file") from None
 
@@ -306,7 +308,7 @@ def _read_table(ds: Any, entry: DatasetEntry, name: str, where: str,
     """Chosen rows of a `datasets` Dataset (memory-mapped) or IterableDataset (streamed)."""
     import datasets
 
-    if isinstance(ds, datasets.IterableDataset):  # select: first, streamed from the hub
+    if isinstance(ds, datasets.IterableDataset):  # select: first, streamed (hub or file)
         rows = list(ds.take(entry.n))
         if not rows:
             raise DataError(f"{where} has no rows")
@@ -351,5 +353,6 @@ def read_dataset(entry: DatasetEntry, name: str, path: str | os.PathLike | None 
         raise DataError(f"dataset {p} does not exist; create it or fix datasets.{name}.path")
     if p.is_file() and p.suffix.lower() == ".jsonl":
         return _read_jsonl(p, entry, name, mapping)
-    return _read_table(_load_local(p, entry.split), entry, name, str(p), mapping)
+    return _read_table(_load_local(p, entry.split, entry.select == "first"), entry, name,
+                       str(p), mapping)
 

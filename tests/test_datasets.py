@@ -134,10 +134,15 @@ def test_format_and_source_prepare_and_finetune_read_alike(fmt, source, tmp_path
     assert ids_of(read_dataset(other.dataset("d"), "d").chats) != ids
 
 
-def test_select_first_takes_the_leading_rows(tmp_path):
-    path, _ = write("parquet", [FORMATS["question_answer"][0](i) for i in range(ROWS)], tmp_path)
-    cfg = from_dict(config(path, {}, select="first"))
-    assert ids_of(read_dataset(cfg.dataset("d"), "d").chats) == list(range(N))
+@pytest.mark.parametrize("source", ["parquet", "csv", "jsonl", "disk"])
+def test_select_first_takes_the_leading_rows(source, tmp_path):
+    """`first` streams a file (IterableDataset.take): the leading n rows, nothing more read."""
+    rows = [FORMATS["question_answer"][0](i) for i in range(ROWS)]
+    path, extra = write(source, rows, tmp_path)
+    cfg = from_dict(config(path, extra, select="first"))
+    examples = read_dataset(cfg.dataset("d"), "d")
+    assert ids_of(examples.chats) == list(range(N))
+    assert examples.available == (ROWS if source == "disk" else None)  # a stream has no length
 
 
 def test_existing_jsonl_selection_is_unchanged(tmp_path):

@@ -32,6 +32,13 @@ def build_command(
     layer_selection: list[Path] = typer.Option(
         [], "--layer-selection", help="layer_selection.json of `emtrait traits extract`; "
         "repeat per model."),
+    screen: list[Path] = typer.Option([], "--screen", help="Screen summary JSON of `emtrait "
+                                      "screen` (results/screen/M/D.json); repeat per model and "
+                                      "dataset."),
+    screen_figure: list[Path] = typer.Option([], "--screen-figure", help="Where to draw the "
+                                             "screen-vs-outcome figure (.png|.svg); repeat."),
+    screen_table: Path = typer.Option(None, "--screen-table", help="CSV of screen(dataset, "
+                                      "trait) joined with the cube, to write."),
     summary: Path = typer.Option(..., "--summary", help="summary.md to write."),
     ablation: Path = typer.Option(..., "--ablation", help="ablation.csv to write."),
     figure: list[Path] = typer.Option(..., "--figure", help="A figure to draw, named "
@@ -51,6 +58,11 @@ def build_command(
                       predictions=predictions, metrics=metrics, alarms=alarms,
                       selection=selection, stress=stress, cubes=cube,
                       permutation_null=permutation_null, layer_selection=layer_selection)
+    sections = ""
+    if screen:
+        from emtrait.report.screen import screen_section
+
+        sections = screen_section(screen, cube, screen_figure, screen_table)
     build(inp, summary=summary, ablation=ablation, figure_files=figure,
-          provenance=provenance(config_hash=cfg.hash()))
+          provenance=provenance(config_hash=cfg.hash()), sections=sections)
     typer.echo(summary.read_text())

@@ -18,7 +18,9 @@ rule report:
         layer_selection=[f"results/traits/{m}/layer_selection.json" for m in MODELS],
         stress=[STRESS_METRICS.format(model=m) for m in STRESS_MODELS],
         cube=[cube(m) for m in MODELS],
+        screen=SCREEN_SUMMARIES,
         code=emtrait_source("report/figures.py"),
+        screen_code=emtrait_source("report/screen.py"),
     output:
         summary=report(f"{REPORT}/summary.md", caption="../report/summary.rst",
                        category="Summary"),
@@ -26,6 +28,10 @@ rule report:
         png=[report(f"{REPORT}/figures/{name}.png", caption=f"../report/{name}.rst",
                     category="Figures") for name in FIGURES],
         svg=[f"{REPORT}/figures/{name}.svg" for name in FIGURES],
+        screen_png=report(f"{REPORT}/figures/screen_vs_outcome.png",
+                          caption="../report/screen_vs_outcome.rst", category="Figures"),
+        screen_svg=f"{REPORT}/figures/screen_vs_outcome.svg",
+        screen_table=f"{REPORT}/screen.csv",
     log:
         "logs/report/report.log",
     params:
@@ -35,14 +41,14 @@ rule report:
         tables=lambda wildcards, input: " ".join(
             f"--{key.replace('_', '-')} {path}"
             for key in ("predictions", "metrics", "alarms", "selection", "stress", "cube",
-                        "permutation_null", "layer_selection") for path in input[key]
+                        "permutation_null", "layer_selection", "screen") for path in input[key]
         ),
         figures=lambda wildcards, output: " ".join(f"--figure {p}" for p in output.png + output.svg),
     localrule: True
     conda:
         "../../envs/emtrait.yaml"
     shell:
-        "emtrait report build --config {params.config} --pca {input.pca} --final {input.final} --trajectories {input.trajectories} {params.tables} --summary {output.summary} --ablation {output.ablation} {params.figures} > {log} 2>&1"
+        "emtrait report build --config {params.config} --pca {input.pca} --final {input.final} --trajectories {input.trajectories} {params.tables} --summary {output.summary} --ablation {output.ablation} {params.figures} --screen-figure {output.screen_png} --screen-figure {output.screen_svg} --screen-table {output.screen_table} > {log} 2>&1"
 
 
 FINAL_OUTPUTS.append(f"{REPORT}/summary.md")

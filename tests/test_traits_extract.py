@@ -212,7 +212,13 @@ def test_extract_writes_the_contracted_store_and_figures(tiny_model_dir, prompt_
     assert ds.attrs["prompt_hash"] == load_prompt_set(str(prompt_file)).hash
     assert {"config_hash", "emtrait_version", "created"} <= set(ds.attrs)
     scores = ds["selection_score"].values
-    assert ds.attrs["layer"] == [0, 1, 2][int(np.argmax(scores))] and np.isfinite(scores).all()
+    assert np.isfinite(scores).all() and np.isfinite(ds["tie_break_score"].values).all()
+    if ds.attrs["selection_discriminated"]:
+        assert ds.attrs["layer"] == [0, 1, 2][int(np.argmax(scores))]
+    else:  # the selector tied: the tie-breaker's best among the tied layers decides
+        tied = list(ds.attrs["selection_tied"])
+        best = ds["tie_break_score"].sel(layer=tied).values
+        assert ds.attrs["layer"] == tied[int(np.argmax(best))]
     probe = ds["probe_accuracy"]
     assert np.isnan(probe.sel(trait="random2_0")).all()
     assert (probe.sel(trait="honesty") > 0.5).all()

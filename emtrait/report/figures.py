@@ -229,7 +229,10 @@ def alarm_curves(pred, alarm_threshold: float):
             ax.axhline(alarm_threshold, color="black", ls=":", lw=1)
             ax.set_ylim(-0.02, 1.02)
             ax.set_title(f"{m} · {p} ({sub.run.nunique()} runs)")
-    fig.suptitle(f"Step-aware alarm (threshold {alarm_threshold:g})")
+    methods = "; ".join(sorted(set(pred.label_method.astype(str)))) \
+        if "label_method" in pred else ""
+    fig.suptitle(f"Step-aware alarm (threshold {alarm_threshold:g}; colour: declared label)"
+                 + _labels(methods), fontsize=9)
     return fig
 
 

@@ -394,3 +394,53 @@ def test_plain_pytorch_loop_three_line_api(tiny_model_dir, monitors):
     assert [r.alarm for r in readings] == [False, False, True]
     with pytest.raises(DataError, match="strictly increase"):
         monitor.check(model, 3)
+
+
+# -- the docs run as written ----------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def readme_snippet() -> str:
+    """The first Python block of the README section "Monitor your own finetune"."""
+    section = (ROOT / "README.md").read_text().split("## Monitor your own finetune", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+@pytest.mark.slow
+def test_readme_snippet_runs_as_written(tiny_model_dir, monitors, tmp_path):
+    import subprocess
+    import sys
+
+    from emtrait.stores import open_store
+
+    code = readme_snippet()
+    paths = {'"resources/organisms/persona"': tiny_model_dir("llama"),
+             '"results/monitor/organism/monitor.skops"': monitors["after3"]}
+    for old, new in paths.items():  # only the two paths change: the tiny model and its monitor
+        assert old in code
+        code = code.replace(old, repr(str(new)))
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    store = open_store(tmp_path / "runs" / "mine" / "emtrait" / "measure.zarr")
+    assert [int(s) for s in store["step"].values] == [0, 2, 4]  # stopped at the alarm (4 of 8)
+    assert store.attrs["stopped_at_step"] == 4
+
+
+@pytest.mark.slow
+def test_trl_example_runs_as_written(tiny_model_dir, monitors, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    data = tmp_path / "chats.jsonl"
+    data.write_text("".join(json.dumps({"messages": c}) + "\n" for c in tiny_dataset_texts(32)))
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "trl_sft.py"), "--model",
+         str(tiny_model_dir("llama")), "--monitor", str(monitors["after3"]), "--data", str(data),
+         "--n", "32", "--every", "2", "--out", str(tmp_path / "run")],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "stopped by the monitor at step 4" in proc.stdout
+    assert list((tmp_path / "run").rglob("events.out.tfevents.*"))

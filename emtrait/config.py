@@ -733,6 +733,15 @@ class Config(Section):
     )
 
     @model_validator(mode="after")
+    def _vllm_needs_adapters(self) -> Config:
+        if self.behavior.engine == "vllm" and self.behavior.method == "judge":
+            full = [m for m in self.models if self.training_for(m).method == "full"]
+            if full:
+                raise ValueError(f"behavior.engine 'vllm' swaps LoRA adapters, but models {full} "
+                                 "finetune fully (training.method: full); use behavior.engine: hf")
+        return self
+
+    @model_validator(mode="after")
     def _baselines_are_extracted(self) -> Config:
         from emtrait.monitor.features import check_feature_set  # the feature-set registry
 

@@ -123,3 +123,16 @@ def test_gpu_bench_dry_run(tmp_path):
     assert w["behavior_jobs"] == 6  # 3 runs x steps 0, 2
     md = (out / "results.md").read_text()
     assert "Per-checkpoint measurement" in md and "Snakemake" in md
+
+
+def test_vllm_engine_with_full_finetune_fails_at_config_load(tmp_path):
+    from emtrait.config import load_config
+
+    cfg = {"models": {"m": {"source": "x", "candidate_layers": [1],
+                            "training": {"method": "full"}}},
+           "datasets": {"d": {"builtin": "arithmetic", "label": "benign",
+                              "role": "calibration"}},
+           "behavior": {"method": "judge", "engine": "vllm"}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ConfigError, match="engine 'vllm' swaps LoRA adapters.*'m'"):
+        load_config(tmp_path / "c.yaml")

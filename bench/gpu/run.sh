@@ -7,7 +7,12 @@
 # nothing is fetched there), puts this checkout on PYTHONPATH with an `emtrait` command for
 # Snakemake's rules, and runs bench/gpu/bench_gpu.py. Results (results.json, results.md and the
 # log) go to $OUT (the device tool's output folder), else bench/gpu/out/.
-# --dry-run runs every part on CPU with tiny models (a minute or two on a free machine).
+# --dry-run runs every part on CPU with tiny models (a few minutes on a free machine; the
+# Snakemake part starts ~14 jobs). Results are saved after every part, so a run stopped at the
+# limit keeps what it measured; the rest can follow in a second call, e.g.
+#   bench/gpu/run.sh --parts workflow,measure --models smollm2
+# Device call (carry .whl, made here by bench/gpu/wheels.sh):
+#   run(command="bench/gpu/run.sh", carry=[".whl"], timeout_s=540)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 REPO=$PWD

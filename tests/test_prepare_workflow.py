@@ -11,6 +11,7 @@ import pytest
 from helpers import REPO, snakemake
 
 from emtrait.config import load_config
+from emtrait.modeling import read_pointer
 from emtrait.prepare.model import EMBEDDED
 
 
@@ -31,12 +32,15 @@ def test_prepare_stages_of_the_embedded_default(tmp_path):
     snakemake(tmp_path, "--cores", "2", *targets)
     print(f"prepare stages: {time.perf_counter() - start:.1f} s")
 
-    pointer = json.loads((tmp_path / "resources/models/smollm2/model.json").read_text())
+    pointer_file = tmp_path / "resources/models/smollm2/model.json"
+    pointer = json.loads(pointer_file.read_text())
     assert pointer["sha256"] == EMBEDDED["smollm2-135m-instruct"].sha256
-    assert pointer["path"] == str((tmp_path / "resources/models/smollm2/weights").resolve())
-    model = AutoModelForCausalLM.from_pretrained(pointer["path"])
+    assert pointer["path"] == "weights"  # relative to the pointer: the work dir can move
+    location = read_pointer(pointer_file)
+    assert location == str((tmp_path / "resources/models/smollm2/weights").resolve())
+    model = AutoModelForCausalLM.from_pretrained(location)
     assert len(model.model.layers) == 30 and model.config.hidden_size == 576
-    assert AutoTokenizer.from_pretrained(pointer["path"]).chat_template
+    assert AutoTokenizer.from_pretrained(location).chat_template
     del model
 
     for name, entry in cfg.datasets.items():

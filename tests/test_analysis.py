@@ -74,3 +74,35 @@ def test_pca_needs_two_runs():
 def test_unknown_trait_set_is_a_clear_error():
     with pytest.raises(DataError, match="sets present"):
         geometry([synthetic_cube()], "alignment9")
+
+
+def test_pca_command_reads_the_cubes_it_is_given_and_writes_the_files_it_is_given(tmp_path):
+    """The stage's I/O: cube paths in (checked against the cube contract), three named files out."""
+    import json
+
+    import yaml
+    from helpers import REPO
+    from typer.testing import CliRunner
+
+    from emtrait.cli import app
+    from emtrait.stores import write_store
+
+    raw = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    cube = tmp_path / "cube" / "toy.zarr"
+    write_store(synthetic_cube(model="toy"), cube)
+    out = {name: tmp_path / "elsewhere" / name for name in ("p.json", "f.csv", "t.csv")}
+    args = ["analysis", "pca", "--config", str(config), "--cube", str(cube),
+            "--pca", str(out["p.json"]), "--final", str(out["f.csv"]),
+            "--trajectories", str(out["t.csv"])]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in (tmp_path / "elsewhere").iterdir()) == ["f.csv", "p.json",
+                                                                          "t.csv"]
+    assert json.loads(out["p.json"].read_text())["provenance"]["cubes"] == [str(cube)]
+    no_direction = synthetic_cube(model="toy").drop_vars("direction")
+    write_store(no_direction, tmp_path / "old.zarr")
+    res = CliRunner().invoke(app, [*args[:5], str(tmp_path / "old.zarr"), *args[6:]])
+    assert "old.zarr: not a cube" in str(res.exception) and "missing direction" in str(
+        res.exception), res.output

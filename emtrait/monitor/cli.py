@@ -9,6 +9,8 @@ import typer
 app = typer.Typer(no_args_is_help=True)
 
 CONFIG = typer.Option(..., "--config", help="Config (YAML or the workflow's JSON).")
+MODEL = typer.Option(None, "--model", help="Model name (checked against the cube).")
+CUBE = typer.Option(..., "--cube", help="results/cube/{model}.zarr")
 
 
 def _csv(frame, path: Path) -> None:
@@ -28,8 +30,8 @@ def _check_model(ds, model: str | None, cube: Path) -> None:
 @app.command("fit")
 def fit(
     config: Path = CONFIG,
-    model: str = typer.Option(None, "--model", help="Model name (checked against the cube)."),
-    cube: Path = typer.Option(..., "--cube", help="results/cube/{model}.zarr"),
+    model: str = MODEL,
+    cube: Path = CUBE,
     pointer: Path = typer.Option(..., "--pointer", help="The model's pointer (model.json): "
                                  "the monitor stores its fingerprint for live use."),
     out: Path = typer.Option(..., "--out", help="Monitor archive to write (monitor.skops)."),
@@ -63,8 +65,8 @@ def fit(
 @app.command("evaluate")
 def evaluate_command(
     config: Path = CONFIG,
-    model: str = typer.Option(None, "--model", help="Model name (checked against the cube)."),
-    cube: Path = typer.Option(..., "--cube", help="results/cube/{model}.zarr"),
+    model: str = MODEL,
+    cube: Path = CUBE,
     monitor: Path = typer.Option(..., "--monitor", help="monitor.skops from `monitor fit`."),
     predictions: Path = typer.Option(..., "--predictions", help="predictions.csv to write."),
     metrics_csv: Path = typer.Option(..., "--metrics", help="metrics.csv to write."),
@@ -107,8 +109,8 @@ def evaluate_command(
 @app.command("stress")
 def stress_command(
     config: Path = CONFIG,
-    model: str = typer.Option(None, "--model", help="Model name (checked against the cube)."),
-    cube: Path = typer.Option(..., "--cube", help="results/cube/{model}.zarr"),
+    model: str = MODEL,
+    cube: Path = CUBE,
     monitor: list[Path] = typer.Option(..., "--monitor", help="Monitor archive(s); the cube's "
                                        "own scores its stress datasets, others the whole cube."),
     predictions: Path = typer.Option(..., "--predictions",

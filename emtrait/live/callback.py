@@ -132,9 +132,12 @@ class MonitorCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, processing_class=None, **kw):
         self._handler = _find_handler() or self._handler
         self._prepare(args, model, processing_class)
+        # process zero looks, every rank learns the answer: all raise together (no rank is
+        # left waiting in a collective) and no rank sees the step-0 store rank 0 is writing
+        taken = state.is_world_process_zero and self._store is not None and self._store.exists()
         if state.global_step > 0:
             self._resume(args, state)
-        elif self._store is not None and state.is_world_process_zero and self._store.exists():
+        elif _agree(taken, args):
             raise StoreError(
                 f"{self._store.path} already holds a run and this Trainer starts at step 0; "
                 "use a new output_dir, delete the old store, or resume the Trainer from its "
@@ -295,12 +298,12 @@ def _find_handler() -> Any:
     return None
 
 
-def _agree(alarm: bool, args: TrainingArguments) -> bool:
-    """One alarm decision for every rank (any rank alarming counts), so all act together."""
+def _agree(flag: bool, args: TrainingArguments) -> bool:
+    """One decision for every rank (true if true on any rank), so all ranks act together."""
     import torch
 
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return bool(alarm)
-    flag = torch.tensor([int(bool(alarm))], device=args.device)
-    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-    return bool(flag.item())
+        return bool(flag)
+    t = torch.tensor([int(bool(flag))], device=args.device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return bool(t.item())

@@ -133,8 +133,9 @@ def variant_drift(traj: pd.DataFrame):
         for (src, v, d, _seed), run in sub.groupby(["source", "variant", "dataset", "seed"]):
             run = run.sort_values("step")
             if src == "calibration":
-                ax.plot(run.step, run.drift_norm, color=PALETTE.get(run.label.iloc[0], "#777"),
-                        lw=0.8, alpha=0.35)
+                label = run.label.iloc[0]
+                ax.plot(run.step, run.drift_norm, color=PALETTE.get(label, "#777"), lw=1.2,
+                        alpha=0.6, label=f"calibration ({label})")
             else:
                 ax.plot(run.step, run.drift_norm, color=colours[v], lw=2.0,
                         ls="-" if run.label.iloc[0] == "dangerous" else "--",
@@ -146,6 +147,6 @@ def variant_drift(traj: pd.DataFrame):
         seen = dict(zip(labels, handles, strict=True))
         if seen:
             ax.legend(seen.values(), seen.keys(), fontsize=6, loc="upper left")
-    fig.suptitle("Trait drift of training variants vs calibration runs "
-                 "(solid: dangerous dataset, dashed: benign)")
+    fig.suptitle("Drift of training variants vs calibration runs\n"
+                 "(variants: solid = dangerous dataset, dashed = benign)", fontsize=9)
     return fig

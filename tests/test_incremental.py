@@ -30,12 +30,14 @@ def done(tmp_path_factory) -> Workdir:
     return work
 
 
-def expected_for(models, datasets) -> dict[str, int]:
+def expected_for(models, datasets, all_datasets) -> dict[str, int]:
     """Job counts when the runs of `models` x `datasets` (one seed) and everything downstream
-    of them are planned."""
+    of them are planned: each of those models' tail, its screens of every dataset of the
+    config (they read the model's monitor), and the global tail."""
     runs = len(models) * len(datasets)
     counts = {"finetune": runs, "behavior_choice": runs * len(STEPS)}
     counts.update({rule: len(models) for rule in PER_MODEL_TAIL})
+    counts["screen"] = len(models) * len(all_datasets)
     counts.update({rule: 1 for rule in GLOBAL_TAIL})
     return counts
 
@@ -51,11 +53,11 @@ def test_adding_a_dataset_schedules_exactly_its_jobs(done):
     config["datasets"]["arithmetic"] = {"builtin": "arithmetic", "label": "benign",
                                         "role": "calibration", "n": 16}
     run = done.snakemake("-n", configfile=done.write_config(config, "added.yaml"))
-    expected = expected_for(MODELS, ["arithmetic"])
+    expected = expected_for(MODELS, ["arithmetic"], config["datasets"])
     expected["prepare_dataset"] = 1
     assert run.counts() == expected, run.output[-3000:]
     for rule, wildcards in run.jobs():
-        if "dataset" in wildcards:  # per-run jobs: only the new dataset's
+        if "seed" in wildcards:  # per-run jobs: only the new dataset's
             assert wildcards["dataset"] == "arithmetic", (rule, wildcards)
 
 
@@ -63,7 +65,7 @@ def test_lora_change_of_one_model_reruns_only_its_runs(done):
     config = copy.deepcopy(done.config)
     config["models"]["tiny_a"]["training"] = {"lora_r": 8}
     run = done.snakemake("-n", configfile=done.write_config(config, "lora.yaml"))
-    expected = expected_for(["tiny_a"], config["datasets"])
+    expected = expected_for(["tiny_a"], config["datasets"], config["datasets"])
     assert run.counts() == expected, run.output[-3000:]
     for rule, wildcards in run.jobs():
         if "model" in wildcards:

@@ -592,7 +592,8 @@ class MonitorConfig(Section):
     baselines: list[str] = Field(
         default_factory=lambda: ["pc1", "loss", "pca7", "sae", "semantic7", "random7"],
         description="Feature sets compared with the trait monitor under the same protocol: "
-        "names in emtrait.monitor.features.FEATURE_SETS or trait sets of traits.sets.",
+        "names in emtrait.monitor.features.FEATURE_SETS or trait sets of traits.sets. Left "
+        "unset, the default's trait sets that traits.sets does not define are dropped.",
     )
     bootstrap: int = Field(1000, ge=0, description="Run-level bootstrap resamples for every "
                            "interval (whole runs resampled within run class).")
@@ -740,6 +741,22 @@ class Config(Section):
                 raise ValueError(f"behavior.engine 'vllm' swaps LoRA adapters, but models {full} "
                                  "finetune fully (training.method: full); use behavior.engine: hf")
         return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_baselines(cls, data: Any) -> Any:
+        """Unset monitor.baselines + own traits.sets: drop default sets that are not defined."""
+        if not isinstance(data, dict):
+            return data
+        mon, traits = data.get("monitor") or {}, data.get("traits") or {}
+        if (isinstance(mon, dict) and "baselines" not in mon and isinstance(traits, dict)
+                and isinstance(traits.get("sets"), dict)):
+            from emtrait.monitor.features import FEATURE_SETS
+
+            default = MonitorConfig.model_fields["baselines"].default_factory()
+            keep = [b for b in default if b in FEATURE_SETS or b in traits["sets"]]
+            data = {**data, "monitor": {**mon, "baselines": keep}}
+        return data
 
     @model_validator(mode="after")
     def _baselines_are_extracted(self) -> Config:

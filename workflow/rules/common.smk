@@ -290,12 +290,6 @@ def finetune_variant_inputs(wildcards):
             "pointer": variant_pointer(wildcards.variant, wildcards.model)}
 
 
-def variant_adapters(wildcards):
-    """The adapters/ folder of a variant run."""
-    w = wildcards
-    return f"{variant_run_dir(w.variant, w.model, w.dataset, w.seed)}/adapters"
-
-
 def stress_cube_inputs(wildcards):
     """Every variant run of the model (store, done.json, em.json per step) and the root runs
     whose step 0 is the base model (for drift_from_base)."""

@@ -13,6 +13,8 @@ VARIANT_STEP = variant_behavior_dir("{variant}", "{model}", "{dataset}", "{seed}
 VARIANT_BEHAVIOR_LOG = "logs/stress/behavior/{variant}/{model}/{dataset}/seed{seed}/step-{step}"
 VARIANT_GROUP = "behavior_{variant}_{model}_{dataset}_{seed}"
 START = start_dir("{variant}", "{model}", "{dataset}", "{seed}")
+# a pattern, not an input function: planning thousands of variant jobs stays cheaper
+VARIANT_ADAPTERS = f"{variant_run_dir('{variant}', '{model}', '{dataset}', '{seed}')}/adapters"
 STRESS_REPORT = "results/report/stress"
 
 
@@ -48,7 +50,7 @@ if VARIANTS and CFG.behavior.method == "choice":
     use rule behavior_choice as stress_behavior_choice with:
         input:
             pointer=lambda w: variant_pointer(w.variant, w.model),
-            adapters=variant_adapters,
+            adapters=VARIANT_ADAPTERS,
             base="results/behavior/{model}/choice-base.parquet",
         output:
             em=f"{VARIANT_STEP}/em.json",
@@ -65,7 +67,7 @@ if VARIANTS and CFG.behavior.method != "choice" and CFG.behavior.engine == "vllm
     use rule behavior_generate_run as stress_behavior_generate_run with:
         input:
             pointer=lambda w: variant_pointer(w.variant, w.model),
-            adapters=variant_adapters,
+            adapters=VARIANT_ADAPTERS,
         output:
             "results/stress/behavior/{variant}/{model}/{dataset}/seed{seed}/responses-vllm.parquet",
         log:
@@ -93,7 +95,7 @@ if VARIANTS and CFG.behavior.method != "choice" and CFG.behavior.engine == "hf":
     use rule behavior_generate as stress_behavior_generate with:
         input:
             pointer=lambda w: variant_pointer(w.variant, w.model),
-            adapters=variant_adapters,
+            adapters=VARIANT_ADAPTERS,
         output:
             f"{VARIANT_STEP}/responses.parquet",
         log:
@@ -108,7 +110,7 @@ if VARIANTS and CFG.behavior.method != "choice":
     use rule behavior_judge as stress_behavior_judge with:
         input:
             responses=f"{VARIANT_STEP}/responses.parquet",
-            judge_pointer=lambda w: behavior_judge_pointer() or [],
+            judge_pointer=behavior_judge_pointer() or [],
         output:
             judgements=f"{VARIANT_STEP}/judgements.parquet",
             usage=f"{VARIANT_STEP}/judge_usage.json",

@@ -7,10 +7,8 @@ finetune, a long run with a thinning schedule that drops activations, and a misa
 from __future__ import annotations
 
 import copy
-import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -78,16 +76,18 @@ def test_bad_variant_fails_at_config_check(tmp_path, variants, expected):
         assert part in str(err.value), str(err.value)
 
 
-def test_config_check_command_reports_a_cycle(tmp_path):
+def test_config_check_command_reports_a_cycle(tmp_path, monkeypatch, capsys):
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(tiny_config(
         {"a": {"start_from": {"variant": "b", "dataset": "bad_medical", "seed": 1}},
          "b": {"start_from": {"variant": "a", "dataset": "bad_medical", "seed": 1}}})))
-    emtrait = Path(sys.executable).parent / "emtrait"
-    proc = subprocess.run([str(emtrait), "config", "check", str(path)], capture_output=True,
-                          text=True, timeout=60)
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert "starting points form a cycle a -> b -> a" in proc.stdout + proc.stderr
+    from emtrait.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["emtrait", "config", "check", str(path)])
+    with pytest.raises(SystemExit) as done:
+        main()  # the console script's entry point, in-process
+    assert done.value.code == 2
+    assert "starting points form a cycle a -> b -> a" in capsys.readouterr().err
 
 
 def test_variant_resolution():

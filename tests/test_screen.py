@@ -283,6 +283,7 @@ def test_gate_exit_codes_and_outputs(tiny_model_dir, llama, tmp_path, monkeypatc
     assert "bad.jsonl:1" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_gate_refuses_a_monitor_for_another_model(tiny_model_dir, llama, tmp_path, monkeypatch,
                                                   capsys):
     from emtrait.screen import screen
@@ -304,6 +305,7 @@ def test_gate_refuses_a_monitor_for_another_model(tiny_model_dir, llama, tmp_pat
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_screen_joins_the_cube(llama, tmp_path):
     import matplotlib
 

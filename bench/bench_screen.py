@@ -5,11 +5,11 @@ On the same examples of one built-in dataset of config/config.yaml (same max len
 2. `emtrait screen` in `generated` mode: plus the base model's greedy reply (screen.reply_tokens)
    and a second truncated forward over it;
 3. one finetune of the embedded default on those examples (`run_finetune`, measurement off:
-   the finetune's own cost), its training seconds from done.json.
+   the finetune's own cost), timed around `trainer.train()`.
 The one-off costs (model load, norm0 over the eval prompts) are printed apart; the per-1000
 figures are per-example costs times 1000, and the ratios are screen / finetune on the same data.
 
-    python bench/bench_screen.py [--dataset bad_medical] [--n 48] [--threads 2]
+    python bench/bench_screen.py [--dataset bad_medical] [--n 48] [--generated-n 8] [--threads 2]
 
 Directions come from results/traits/smollm2/directions.zarr when it exists, else seeded random
 unit directions at l* = 15 (the values do not change any timing; bench_measure does the same).
@@ -37,6 +37,8 @@ def main() -> None:
     ap.add_argument("--pointer", default=None, help="model.json (default resources/models/M/)")
     ap.add_argument("--dataset", default="bad_medical")
     ap.add_argument("--n", type=int, default=48, help="examples (the embedded default's n)")
+    ap.add_argument("--generated-n", type=int, default=None, help="examples screened in "
+                    "generated mode (default --n; fewer keeps the bench short, per-1000 scales)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--wait", type=float, default=0, help="seconds to wait for the pointer")
     a = ap.parse_args()
@@ -79,13 +81,16 @@ def main() -> None:
     print(f"one-off: model load {load_s:.1f} s, norm0 over {len(eval_prompts(cfg))} eval "
           f"prompts {norm0_s:.1f} s")
 
-    seconds = {}
+    seconds, counts = {}, {"none": a.n, "generated": a.generated_n or a.n}
+    gen_data = tmp / "generated.jsonl"
+    gen_data.write_text("".join(data.read_text().splitlines(keepends=True)[:counts["generated"]]))
     for mode in ("none", "generated"):
         scorer = Scorer(model=model, tokenizer=tok, directions=dirs.at(dirs.layer),
                         traits=dirs.traits, layer=dirs.layer, norm0=norm0, fmt=fmt, mode=mode,
                         batch_size=cfg.screen.batch_size, reply_tokens=cfg.screen.reply_tokens)
         t0 = time.perf_counter()
-        res = run_screen(scorer, iter_examples(data), tmp / f"{mode}.parquet",
+        res = run_screen(scorer, iter_examples(data if mode == "none" else gen_data),
+                         tmp / f"{mode}.parquet",
                          bootstrap=cfg.screen.bootstrap, reply_cache=tmp / f"{mode}.replies.jsonl")
         seconds[mode] = time.perf_counter() - t0
         print(f"screen {mode:>9}: {seconds[mode]:.1f} s for {res.summary['n']} examples "
@@ -96,12 +101,12 @@ def main() -> None:
     done = run_finetune(cfg, a.model, a.dataset, training.seeds[0], pointer=pointer, data=data,
                         directions_path=dpath, out=tmp / "run", measure=False)
     wall = time.perf_counter() - t0
-    train_s = float(sum(done["timing"]["train_s"]))
-    print(f"finetune: {train_s:.1f} s training ({len(done['steps'])} checkpoints, "
-          f"{training.epochs} epoch(s), batch {training.batch_size} x {training.grad_accum}), "
-          f"{wall:.1f} s wall with loading and saving")
+    train_s = float(done["wall_s"])  # trainer.train() alone: no measurement, no saving
+    print(f"finetune: {train_s:.1f} s training ({training.epochs} epoch(s), batch "
+          f"{training.batch_size} x {training.grad_accum}, max length {training.max_length}), "
+          f"{wall:.1f} s wall with model loading")
 
-    per_k = {k: v / a.n * 1000 for k, v in seconds.items()}
+    per_k = {k: v / counts[k] * 1000 for k, v in seconds.items()}
     per_k["finetune"] = train_s / a.n * 1000
     print("\n| per 1000 examples | seconds | / finetune |\n|---|---|---|")
     for k in ("none", "generated", "finetune"):

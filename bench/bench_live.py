@@ -181,18 +181,22 @@ def main() -> None:
     p.add_argument("--readings", type=int, default=2, help="timed readings after update 1")
     p.add_argument("--organism-steps", type=int, default=20)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--only", choices=["organism", "smollm2"], help="run one part only")
     a = p.parse_args()
 
     import torch
 
     torch.set_num_threads(a.threads)
     with tempfile.TemporaryDirectory(prefix="bench-live-") as tmp:
-        org = organism_every_update(a.organism, a.organism_steps, Path(tmp))
-        print(f"organism, a reading every update ({org['steps']} updates, LoRA r8, batch 8 x "
-              f"96 tokens): plain {min(org['plain_s']):.2f} s, with MonitorCallback(every=1) "
-              f"{min(org['watched_s']):.2f} s (best of 2 each; all: {org}) -> overhead "
-              f"{100 * org['overhead_every1']:.1f}%; extra peak memory of a reading "
-              f"{org['extra_peak_mib']:.1f} MiB")
+        if a.only != "smollm2":
+            org = organism_every_update(a.organism, a.organism_steps, Path(tmp))
+            print(f"organism, a reading every update ({org['steps']} updates, LoRA r8, batch 8 x "
+                  f"96 tokens): plain {min(org['plain_s']):.2f} s, with MonitorCallback(every=1) "
+                  f"{min(org['watched_s']):.2f} s (best of 2 each; all: {org}) -> overhead "
+                  f"{100 * org['overhead_every1']:.1f}%; extra peak memory of a reading "
+                  f"{org['extra_peak_mib']:.1f} MiB")
+        if a.only == "organism":
+            return
         sm = paper_budget(a.smollm2, a.updates, a.readings, Path(tmp))
         print(f"SmolLM2-135M, paper budget (16 x 512 tokens per update, LoRA r16 q,v): update "
               f"{statistics.mean(sm['update_s']):.1f} s {sm['update_s']}, reading (115 prompts, "

@@ -377,6 +377,12 @@ class TrainingConfig(Section):
         "steps store projections and drift only (activation rows NaN, no chunks on disk)."
     )
     logging_steps: int = Field(1, ge=1, description="Steps between training-loss records.")
+    report_to: list[str] = Field(
+        default_factory=lambda: ["auto"], description="Dashboards the workflow's finetune logs "
+        "loss and emtrait/drift/<trait> to (transformers' report_to names, e.g. tensorboard, "
+        "wandb): 'auto' = TensorBoard when installed (event files in the run folder's "
+        "tensorboard/), 'none' = no dashboard. Never reruns a run.",
+    )
 
     @field_validator("checkpoint_steps")
     @classmethod
@@ -400,7 +406,7 @@ LATER_TRAINING_KEYS = {"checkpoint_schedule": None, "keep_activations": "all"}
 
 def training_params(training: TrainingConfig) -> str:
     """What a finetune job depends on, as JSON (a change reruns exactly the affected runs)."""
-    exclude = {"seeds"} | {k for k, v in LATER_TRAINING_KEYS.items()
+    exclude = {"seeds", "report_to"} | {k for k, v in LATER_TRAINING_KEYS.items()
                            if getattr(training, k) == v}
     return training.model_dump_json(exclude=exclude)
 

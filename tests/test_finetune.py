@@ -103,6 +103,28 @@ def test_measurement_leaves_training_bit_identical(llama_run):
     assert logged == csv_losses
 
 
+@pytest.mark.slow
+def test_dashboard_shows_loss_and_the_stored_drift(llama_run):
+    """report_to 'auto' (TensorBoard installed): the run's event file, read back with
+    tensorboard's own reader, holds the loss and emtrait/drift/<trait> at every checkpoint,
+    equal to the drift in measure.zarr, the same names the live monitor logs."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from emtrait.stores import open_store
+
+    _, out, _ = llama_run
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert "train/loss" in tags
+    ds = open_store(out / "measure.zarr")
+    for trait in ds["trait"].values:
+        scalars = events.Scalars(f"train/emtrait/drift/{trait}")
+        assert [e.step for e in scalars] == [int(s) for s in ds["step"].values]
+        np.testing.assert_allclose([e.value for e in scalars],
+                                   ds["drift"].sel(trait=trait).values, atol=1e-6)
+
+
 @pytest.mark.parametrize("n, batch, accum, epochs", [(13, 2, 3, 2), (10, 4, 2, 1)])
 def test_step_arithmetic_matches_trainer(n, batch, accum, epochs, tiny_model_dir, tmp_path):
     inputs = make_inputs(tmp_path, tiny_model_dir("llama"), n=n,

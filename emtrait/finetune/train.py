@@ -130,7 +130,7 @@ def _run_fingerprint(cfg: Config, model_name: str, dataset: str, seed: int,
     return stable_hash({
         "directions": [vectors, directions.traits, directions.layers, directions.layer],
         "prompts": texts,
-        "training": cfg.training_for(model_name).model_dump(mode="json"),
+        "training": cfg.training_for(model_name).model_dump(mode="json", exclude={"report_to"}),
         "measurement": cfg.measurement.model_dump(mode="json"),
         "model": cfg.model(model_name).model_dump(mode="json"),
         "dataset": cfg.dataset(dataset).model_dump(mode="json"),
@@ -174,18 +174,28 @@ def _resume_point(paths: RunPaths, fingerprint: str, planned: list[int]) -> int 
 
 
 def make_callback(*, steps: list[int], measure_fn, save_fn, store: RunStore,
-                  attrs: dict[str, Any], timing: Timing, resumed: bool):
+                  attrs: dict[str, Any], timing: Timing, resumed: bool, traits: list[str]):
     """The TrainerCallback measuring at step 0 and each checkpoint (built lazily: heavy import)."""
     from transformers import TrainerCallback
 
+    from emtrait.live.callback import drift_logs, log_through_trainer, trainer_handler
+
     class MeasureCallback(TrainerCallback):
         def __init__(self):
+            self.handler = None  # the Trainer's CallbackHandler: readings reach report_to
             self.pending0 = None  # step 0 waits for the first logged loss (made before update 1)
             self.t_mark = time.perf_counter()
             self.t_step_end = self.t_mark
             self.prev_step = 0
 
+        def _log_drift(self, args, state, control, full) -> None:
+            """The newest stored step's drift, logged as the live monitor logs it."""
+            row = full["drift"].isel(step=-1)
+            log_through_trainer(self.handler, args, state, control, drift_logs(
+                {str(t): float(v) for t, v in zip(row["trait"].values, row.values, strict=True)}))
+
         def on_train_begin(self, args, state, control, model=None, **kw):
+            self.handler = trainer_handler()
             if resumed:
                 self.prev_step = state.global_step
             else:
@@ -198,6 +208,9 @@ def make_callback(*, steps: list[int], measure_fn, save_fn, store: RunStore,
                 timing.train_s.append(0.0)
                 timing.save_s.append(t1 - t0)
                 timing.measure_s.append(t2 - t1)
+                # drift at step 0 is zero by definition: dashboards start at the origin
+                log_through_trainer(self.handler, args, state, control,
+                                    drift_logs(dict.fromkeys(traits, 0.0)))
             self.t_mark = time.perf_counter()
 
         def _flush0(self, loss: float) -> None:
@@ -224,7 +237,7 @@ def make_callback(*, steps: list[int], measure_fn, save_fn, store: RunStore,
             make_row = measure_fn(model, step)
             t2 = time.perf_counter()
             loss = _losses_between(state.log_history, self.prev_step, step)
-            store.append(make_row(loss))
+            self._log_drift(args, state, control, store.append(make_row(loss)))
             for d in Path(args.output_dir).glob("checkpoint-*"):
                 if d.name != f"checkpoint-{step}":  # only the newest complete one is kept
                     shutil.rmtree(d, ignore_errors=True)
@@ -305,21 +318,26 @@ def run_finetune(cfg: Config, model_name: str, dataset: str, seed: int, *, point
                 tok.save_pretrained(tmp)
 
     timing = Timing()
+    report_to = _report_to(training.report_to)
     use_bf16 = next(model.parameters()).dtype == torch.bfloat16
     scratch = None if measure else tempfile.mkdtemp(prefix="emtrait-unmeasured-")
     args = TrainingArguments(
         output_dir=scratch or str(paths.trainer), per_device_train_batch_size=training.batch_size,
         gradient_accumulation_steps=training.grad_accum, num_train_epochs=training.epochs,
         learning_rate=training.learning_rate, weight_decay=training.weight_decay,
-        logging_steps=training.logging_steps, save_strategy="no", report_to="none", seed=seed,
+        logging_steps=training.logging_steps, save_strategy="no", seed=seed,
+        report_to=[r for r in report_to if r != "tensorboard"] or "none",
         bf16=use_bf16, remove_unused_columns=False, dataloader_num_workers=0,
         use_cpu=pick_device() == "cpu", disable_tqdm=False,
     )
     cbs = list(callbacks or [])
+    if measure and "tensorboard" in report_to:  # our writer: the Trainer's output_dir is scratch
+        cbs.append(_tensorboard(paths.out / "tensorboard"))
     if measure:
         cbs.insert(0, make_callback(steps=steps, measure_fn=measure_fn, save_fn=save_fn,
                                     store=store, attrs=attrs, timing=timing,
-                                    resumed=resume_at is not None))
+                                    resumed=resume_at is not None,
+                                    traits=directions.traits))
     trainer = Trainer(model=model, args=args, train_dataset=ChatDataset(items),
                       data_collator=RightPadCollator(tok.pad_token_id), callbacks=cbs)
     t_start = time.perf_counter()
@@ -335,6 +353,25 @@ def run_finetune(cfg: Config, model_name: str, dataset: str, seed: int, *, point
     if store.steps() != steps:
         raise StoreError(f"{paths.live_store} holds steps {store.steps()}, expected {steps}")
     return _finish(paths, trainer.state.log_history, timing, wall, attrs, steps)
+
+
+def _report_to(names: list[str]) -> list[str]:
+    """training.report_to resolved: 'auto' is TensorBoard when it is installed, else nothing."""
+    import importlib.util
+
+    if names in (["none"], []):
+        return []
+    if names == ["auto"]:
+        return ["tensorboard"] if importlib.util.find_spec("tensorboard") else []
+    return list(names)
+
+
+def _tensorboard(log_dir: Path):
+    """transformers' TensorBoardCallback writing to `log_dir` (loss and emtrait/drift/*)."""
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers.integrations import TensorBoardCallback
+
+    return TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(log_dir)))
 
 
 def _finish(paths: RunPaths, log_history: list[dict], timing: Timing, wall: float,

@@ -45,9 +45,14 @@ STATE_FILE = "emtrait_monitor.json"  # inside each Trainer checkpoint folder
 STORE = Path("emtrait") / "measure.zarr"  # under args.output_dir
 
 
+def drift_logs(drift: dict[str, float]) -> dict[str, float]:
+    """Drift scalars under the names every emtrait integration logs (`emtrait/drift/<trait>`)."""
+    return {f"emtrait/drift/{t}": float(v) for t, v in drift.items()}
+
+
 def reading_logs(reading: Reading) -> dict[str, float]:
     """The scalars one reading adds to the Trainer's logs (names shown by TensorBoard/W&B)."""
-    logs = {f"emtrait/drift/{t}": float(v) for t, v in reading.drift.items()}
+    logs = drift_logs(reading.drift)
     logs["emtrait/pred_em"] = float(reading.pred_em)
     logs["emtrait/alarm_prob"] = float(reading.alarm_prob)
     logs["emtrait/alarm"] = float(bool(reading.alarm))
@@ -126,11 +131,11 @@ class MonitorCallback(TrainerCallback):
             self._store = RunStore(path)
 
     def on_init_end(self, args, state, control, model=None, processing_class=None, **kw):
-        self._handler = _find_handler()
+        self._handler = trainer_handler()
         self._prepare(args, model, processing_class)
 
     def on_train_begin(self, args, state, control, model=None, processing_class=None, **kw):
-        self._handler = _find_handler() or self._handler
+        self._handler = trainer_handler() or self._handler
         self._prepare(args, model, processing_class)
         # process zero looks, every rank learns the answer: all raise together (no rank is
         # left waiting in a collective) and no rank sees the step-0 store rank 0 is writing
@@ -208,17 +213,11 @@ class MonitorCallback(TrainerCallback):
     # -- logging through the Trainer ------------------------------------------------------------
 
     def _log(self, args, state, control, logs: dict[str, Any]) -> None:
-        """What `Trainer.log` does: into `state.log_history`, then every callback's on_log."""
-        state.log_history.append({**logs, "step": state.global_step})
-        if self._handler is None:
-            return
-        should_log = control.should_log  # CallbackHandler.on_log clears it; the step's own
-        self._dispatching = True          # loss log must still happen
+        self._dispatching = True  # our own on_log ignores what we dispatch
         try:
-            self._handler.on_log(args, state, control, logs)
+            log_through_trainer(self._handler, args, state, control, logs)
         finally:
             self._dispatching = False
-            control.should_log = should_log
 
     # -- the run store ----------------------------------------------------------------------------
 
@@ -285,7 +284,22 @@ def _store_row(live: LiveMonitor, step: int, m: Any, loss: float) -> Any:
                         directions=live.monitor.directions)
 
 
-def _find_handler() -> Any:
+def log_through_trainer(handler: Any, args: TrainingArguments, state: TrainerState,
+                        control: TrainerControl, logs: dict[str, Any]) -> None:
+    """What `Trainer.log` does: into `state.log_history`, then every callback's on_log (so
+    TensorBoard, W&B, ... see it). `handler` comes from `trainer_handler()` (None: history only).
+    """
+    state.log_history.append({**logs, "step": state.global_step})
+    if handler is None:
+        return
+    should_log = control.should_log  # CallbackHandler.on_log clears it; the step's own
+    try:                              # loss log must still happen
+        handler.on_log(args, state, control, logs)
+    finally:
+        control.should_log = should_log
+
+
+def trainer_handler() -> Any:
     """The Trainer's CallbackHandler that is calling us (callbacks are not given it)."""
     from transformers.trainer_callback import CallbackHandler
 

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import copy
 import sys
-import time
 
 import numpy as np
 import pytest
 import yaml
-from helpers import REPO, paper_workdir, planned_jobs, snakemake
+from helpers import REPO, planned_jobs, snakemake
 from slurm.tinyrun import TINY_CONFIG, make_workdir
 
 from emtrait.config import (
@@ -168,28 +167,6 @@ def test_variants_plan_expected_jobs(plan_dir):
     long_steps = sorted(int(w["step"]) for r, w in jobs
                         if r == "stress_behavior_choice" and w["variant"] == "long")
     assert long_steps == [0, 2, 4, 8, 12]
-
-
-@pytest.mark.slow
-def test_paper_stress_grid_plans_in_under_30s(tmp_path):
-    cfg = load_config(REPO / "config" / "paper.yaml")
-    assert {"fft", "lora_r4", "lora_r64", "long", "misaligned_start"} <= set(cfg.variants)
-    start = time.perf_counter()
-    run = snakemake(paper_workdir(tmp_path), "-n", "--quiet", "rules",
-                    configfile=REPO / "config" / "paper.yaml")
-    elapsed = time.perf_counter() - start
-    jobs = planned_jobs(run.output)
-    runs = sum(len(cfg.variant_runs(v, m)) for v in cfg.variants for m in cfg.models)
-    assert jobs["finetune_variant"] == runs
-    assert jobs["stress_start"] == len({(v.start_from.variant, m, v.start_from.dataset,
-                                         v.start_from.seed)
-                                        for v in cfg.variants.values() if v.start_from
-                                        for m in (v.models or cfg.models)})
-    assert jobs["stress_cube"] == jobs["stress_score"] == len(
-        [m for m in cfg.models if any(cfg.variant_runs(v, m) for v in cfg.variants)])
-    assert elapsed < 30, f"planning the paper grid with its stress variants took {elapsed:.1f} s"
-    print(f"paper grid + stress: {sum(jobs.values())} jobs ({runs} variant runs) planned in "
-          f"{elapsed:.1f} s")
 
 
 # ----------------------------------------------------------------------------- a real run

@@ -629,6 +629,8 @@ class MonitorConfig(Section):
 class ScreenConfig(Section):
     """Screening finetuning data before training (`emtrait screen`, rule `screen`)."""
 
+    enabled: bool = Field(True, description="Screen every dataset (rule screen) and put the "
+                          "screen-vs-outcome section in the report; false skips both.")
     mode: Literal["none", "generated"] = Field(
         "none", description="'none': the normalised projection of each example's assistant "
         "tokens; 'generated': minus that of the base model's own greedy reply to the same "

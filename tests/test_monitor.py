@@ -114,7 +114,10 @@ def test_evaluate_scores_each_row_only_out_of_fold(setup):
     n_nan = int(checkpoints(ds).rows.query("role in ['calibration', 'heldout']").em_missing.sum())
     pooled = metrics[metrics.dataset == "pooled"]
     assert n_nan > 0
-    assert (pooled.groupby("feature_set").n_excluded_nan.sum() == n_nan).all()
+    # metrics.csv has one block per step-0 policy; with step 0 included every NaN row counts
+    with_step0 = pooled[pooled.step0 == "include"]
+    assert (with_step0.groupby("feature_set").n_excluded_nan.sum() == n_nan).all()
+    pooled = pooled[pooled.headline]
     mon_rows = pooled[pooled.feature_set == "alignment7"]
     assert (mon_rows.auroc > 0.9).all()
     dangerous_runs = alarms[(alarms.feature_set == "alignment7") & (alarms.label == "dangerous")]

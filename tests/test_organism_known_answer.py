@@ -65,7 +65,7 @@ def organism_run(tmp_path_factory):
     work = tmp_path_factory.mktemp("organism-wf")
     (work / "organism.yaml").write_text(yaml.safe_dump(known_answer_config()))
     t0 = time.perf_counter()
-    proc = snakemake(work, "--cores", "2", "--quiet", "rules", *TARGETS,
+    proc = snakemake(work, *TARGETS, "--cores", "2", "--quiet", "rules",
                      configfile=work / "organism.yaml", check=False, timeout=1800)
     if proc.returncode != 0:
         logs = "\n".join(f"--- {p}\n{p.read_text()[-1500:]}" for p in

@@ -48,6 +48,7 @@ def tiny_config(models: list[str], stress_dataset: bool = True) -> dict:
         raw["datasets"]["bitext_poisoned"] = {"builtin": "bad_medical", "label": "dangerous",
                                               "role": "stress", "n": 160}
     raw["monitor"] = MONITOR
+    raw["screen"] = {**raw.get("screen", {}), "enabled": False}  # no datasets to screen here
     return raw
 
 

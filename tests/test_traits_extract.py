@@ -405,7 +405,7 @@ def test_snakemake_rule_extract_traits(tiny_model_dir, prompt_file, tmp_path, mo
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
 
     folder = tiny_model_dir("llama")
-    config = make_config(folder, prompt_file).model_dump(mode="json")
+    config = make_config(folder, prompt_file).model_dump(mode="json", exclude_none=True)
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     pointer = tmp_path / "resources/models/tiny/model.json"
     pointer.parent.mkdir(parents=True)

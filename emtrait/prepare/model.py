@@ -82,7 +82,9 @@ def prepare_model(cfg: Config, name: str, out: Path, *, weights: Path | None = N
     elif _looks_local(source):
         folder = Path(source).expanduser()
         _check_folder(folder, entry, name, hint=f"fix models.{name}.source")
-        pointer = {"path": _relative_to(folder, out), "kind": "local"}
+        # a folder named by absolute path stays absolute (it does not move with the work dir)
+        where = str(folder.resolve()) if folder.is_absolute() else _relative_to(folder, out)
+        pointer = {"path": where, "kind": "local"}
     elif HUB_ID.match(source):
         pointer = {"path": source, "kind": "hub", "revision": entry.revision}
     else:

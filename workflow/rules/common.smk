@@ -75,6 +75,15 @@ def run_dir(model, dataset, seed):
     return f"results/runs/{model}/{dataset}/seed{seed}"
 
 
+SCREEN = "results/screen/{model}/{dataset}"
+# screen.enabled: false drops the screen jobs and the report's screen section
+SCREEN_SUMMARIES = (
+    [f"{SCREEN}.json".format(model=m, dataset=d) for m in MODELS for d in DATASETS]
+    if CFG.screen.enabled
+    else []
+)
+
+
 def behavior_dir(model, dataset, seed, step):
     return f"results/behavior/{model}/{dataset}/seed{seed}/step-{step}"
 

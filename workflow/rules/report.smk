@@ -28,10 +28,12 @@ rule report:
         png=[report(f"{REPORT}/figures/{name}.png", caption=f"../report/{name}.rst",
                     category="Figures") for name in FIGURES],
         svg=[f"{REPORT}/figures/{name}.svg" for name in FIGURES],
-        screen_png=report(f"{REPORT}/figures/screen_vs_outcome.png",
-                          caption="../report/screen_vs_outcome.rst", category="Figures"),
-        screen_svg=f"{REPORT}/figures/screen_vs_outcome.svg",
-        screen_table=f"{REPORT}/screen.csv",
+        screen_png=[report(f"{REPORT}/figures/screen_vs_outcome.png",
+                           caption="../report/screen_vs_outcome.rst", category="Figures")]
+        if CFG.screen.enabled
+        else [],
+        screen_svg=[f"{REPORT}/figures/screen_vs_outcome.svg"] if CFG.screen.enabled else [],
+        screen_table=[f"{REPORT}/screen.csv"] if CFG.screen.enabled else [],
     log:
         "logs/report/report.log",
     params:
@@ -44,11 +46,15 @@ rule report:
                         "permutation_null", "layer_selection", "screen") for path in input[key]
         ),
         figures=lambda wildcards, output: " ".join(f"--figure {p}" for p in output.png + output.svg),
+        screen_out=lambda wildcards, output: " ".join(
+            [f"--screen-figure {p}" for p in output.screen_png + output.screen_svg]
+            + [f"--screen-table {p}" for p in output.screen_table]
+        ),
     localrule: True
     conda:
         "../../envs/emtrait.yaml"
     shell:
-        "emtrait report build --config {params.config} --pca {input.pca} --final {input.final} --trajectories {input.trajectories} {params.tables} --summary {output.summary} --ablation {output.ablation} {params.figures} --screen-figure {output.screen_png} --screen-figure {output.screen_svg} --screen-table {output.screen_table} > {log} 2>&1"
+        "emtrait report build --config {params.config} --pca {input.pca} --final {input.final} --trajectories {input.trajectories} {params.tables} --summary {output.summary} --ablation {output.ablation} {params.figures} {params.screen_out} > {log} 2>&1"
 
 
 FINAL_OUTPUTS.append(f"{REPORT}/summary.md")

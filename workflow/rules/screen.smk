@@ -1,7 +1,6 @@
 # Stage: screen. Per model × dataset: each example's assistant tokens scored on the trait
 # directions by the base model, before (and independent of) any finetune; the risk column is
 # the projection on the monitor's danger axis, so the rule waits for the model's monitor.
-SCREEN = "results/screen/{model}/{dataset}"
 
 
 rule screen:
@@ -31,5 +30,4 @@ rule screen:
         "emtrait screen --config {params.config} --model {wildcards.model} --dataset {wildcards.dataset} --data {input.data} --pointer {input.pointer} --directions {input.directions} --monitor {input.monitor} --out {output.table} --summary {output.summary} > {log} 2>&1"
 
 
-SCREEN_SUMMARIES = [f"{SCREEN}.json".format(model=m, dataset=d) for m in MODELS for d in DATASETS]
 FINAL_OUTPUTS.extend(SCREEN_SUMMARIES)

@@ -223,10 +223,15 @@ def run(inputs: dict, out: Path, dataset: str = "bad_medical", seed: int = 42, *
 
 
 def open_store(path: Path):
-    """A Zarr store as written, loaded (xarray's own reader: what a user's notebook sees)."""
+    """A Zarr store as written, loaded (xarray's own reader: what a user's notebook sees; the
+    .snakemake_timestamp Snakemake puts in directory outputs is not part of the store)."""
+    import warnings
+
     import xarray as xr
 
-    return xr.open_zarr(path, consolidated=False).load()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*snakemake_timestamp.*")
+        return xr.open_zarr(path, consolidated=False).load()
 
 
 def adapter_tensors(folder: Path) -> dict[str, np.ndarray]:

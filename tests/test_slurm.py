@@ -22,6 +22,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from helpers import open_store
 from slurm.tinyrun import SLURM_PROFILE, Workdir, cluster_status, local_cubes, make_workdir
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -94,10 +95,9 @@ def test_tiny_workflow_on_slurm_equals_local(tmp_path, tmp_path_factory):
         if job["unit"].startswith("group_behavior"):  # both checkpoints ran in the one job
             assert len(step_gpus(job["log"])) == 2, job["log"].read_text()[-3000:]
 
-    a = xr.open_zarr(local.root / target, consolidated=False)
-    b = xr.open_zarr(slurm.root / target, consolidated=False)
+    a, b = open_store(local.root / target), open_store(slurm.root / target)
     assert set(a.data_vars) == set(b.data_vars) and a.sizes == b.sizes
-    xr.testing.assert_allclose(a.load(), b.load(), rtol=1e-5, atol=1e-6)
+    xr.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 @pytest.fixture(scope="module")
@@ -154,9 +154,7 @@ def test_cancelled_finetune_resumes_from_its_checkpoint(faults):
     assert done["resumed"] is True, done
     measured_again = done["timing"]["steps"]
     assert measured_again and min(measured_again) > 0, done["timing"]
-    import xarray as xr
-
-    store = xr.open_zarr(run / "measure.zarr", consolidated=False)
+    store = open_store(run / "measure.zarr")
     assert list(store["step"].values) == done["steps"]
     assert faults.snakemake("-n", f"{run.relative_to(faults.root)}/done.json").jobs() == []
 

@@ -77,12 +77,12 @@ class RunStore:
         return (self.path / "zarr.json").is_file()
 
     def load(self) -> xr.Dataset:
-        import xarray as xr
+        from emtrait.stores import open_store
 
         if not self.exists():
             raise StoreError(f"run store {self.path} does not exist")
-        with xr.open_zarr(self.path, consolidated=False) as ds:
-            return ds.load()
+
+        return open_store(self.path)
 
     def steps(self) -> list[int]:
         return [int(s) for s in self.load()["step"].values] if self.exists() else []

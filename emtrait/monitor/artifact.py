@@ -115,15 +115,14 @@ def run_drift(monitor: Monitor, store: str | os.PathLike) -> tuple[np.ndarray, n
     Uses the store's `drift` when it has every monitor trait; otherwise recomputes it from
     `activation(step, prompt, hidden)` with the monitor's directions and norm0 policy.
     """
-    import xarray as xr
-
     from emtrait.drift import drift as drift_from
     from emtrait.drift import mean_norm, normalise
+    from emtrait.stores import open_store
 
     if not os.path.isdir(store):
         raise StoreError(f"run store {store} does not exist; pass a measure.zarr")
     try:
-        ds = xr.open_zarr(store, consolidated=False)
+        ds = open_store(store, load=False)
     except Exception as e:
         raise StoreError(f"{store} is not a readable Zarr store ({e})") from None
     layer = ds.attrs.get("layer")

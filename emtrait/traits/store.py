@@ -71,14 +71,15 @@ def write_directions(ds: xr.Dataset, out: str | Path) -> None:
 def load_directions(path: str | Path) -> xr.Dataset:
     """Open and validate a directions store; anything off is a StoreError naming what to do."""
     import numpy as np
-    import xarray as xr
+
+    from emtrait.stores import open_store
 
     p = Path(path)
     rerun = "re-run `emtrait traits extract` to rebuild it"
     if not p.is_dir():
         raise StoreError(f"directions store {p} does not exist; run `emtrait traits extract`")
     try:
-        ds = xr.open_zarr(p, consolidated=False).load()
+        ds = open_store(p)
     except Exception as e:  # zarr raises several unrelated types for a broken store
         raise StoreError(f"{p} is not a readable Zarr store ({type(e).__name__}: {e}); "
                          f"{rerun}") from None

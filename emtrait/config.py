@@ -957,6 +957,16 @@ def _known_keys(loc: tuple) -> list[str]:
     return []
 
 
+def without_nulls(data: Any) -> Any:
+    """`data` with every null-valued key dropped (recursively): an optional section written as
+    `key: null` means "unset", which JSON-Schema default-filling validators cannot walk into."""
+    if isinstance(data, dict):
+        return {k: without_nulls(v) for k, v in data.items() if v is not None}
+    if isinstance(data, list):
+        return [without_nulls(v) for v in data]
+    return data
+
+
 def from_dict(data: Any, source: str = "config") -> Config:
     """Validate an already-parsed config mapping (what Snakemake hands the Snakefile)."""
     if not isinstance(data, dict):

@@ -122,3 +122,15 @@ def test_help_lists_stage_groups():
     for group in ["config", "prepare", "organism", "traits", "finetune", "measure", "cube",
                   "behavior", "analysis", "monitor", "report"]:
         assert group in proc.stdout, f"`emtrait --help` does not list {group}"
+
+
+def test_snakemake_validation_accepts_null_optional_sections():
+    """`sae: null` (or any optional section written as null) means unset: the Snakefile's
+    schema validation must not crash on it (its default-filling walks into null values)."""
+    from snakemake.utils import validate
+
+    from emtrait.config import without_nulls
+
+    cfg = load_config(REPO / "config" / "config.yaml").model_dump(mode="json")
+    assert any(v is None for v in cfg["models"]["smollm2"].values())
+    validate(without_nulls(cfg), str(REPO / "config" / "schema.json"))

@@ -4,12 +4,12 @@ import re
 from pathlib import Path
 
 import emtrait
-from emtrait.config import from_dict, training_params
+from emtrait.config import from_dict, training_params, without_nulls
 from emtrait.provenance import stable_hash
 from snakemake.utils import validate
 
 
-validate(config, "../../config/schema.json")
+validate(without_nulls(config), "../../config/schema.json")  # `key: null` = unset
 CFG = from_dict(config, source="snakemake config")
 
 MODELS = list(CFG.models)

@@ -244,3 +244,11 @@ def test_a_blind_layer_selector_is_reported(inputs):
     alt = Inputs(**{**inputs.__dict__, "layer_selection": [blind]})
     first = summary(alt, pooled_over_models(inputs)).split("## Headline")[0]
     assert "probe could not discriminate" in first
+
+
+def test_summary_points_to_the_variant_report(inputs):
+    """Configs with training variants get a pointer to their own stress report."""
+    pooled = pooled_over_models(inputs)
+    text = summary(Inputs(**{**inputs.__dict__, "variants": ["fft", "long"]}), pooled)
+    assert "results/report/stress/summary.md" in text and "fft, long" in text
+    assert "results/report/stress/summary.md" not in summary(inputs, pooled)

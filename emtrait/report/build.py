@@ -38,6 +38,7 @@ class Inputs:
     permutations: int = 0  # monitor.permutations
     permutation_null: object = None  # DataFrame of permutation_null.csv (all models)
     layer_selection: list = field(default_factory=list)  # layer_selection.json per model
+    variants: list = field(default_factory=list)  # training variants (their own stress report)
 
 
 def _read_csv(path: Path):
@@ -85,6 +86,7 @@ def load_inputs(cfg, *, pca: Path, final: Path, trajectories: Path, predictions:
         stress=cat(stress),
         cosines=dict(direction_cosines(open_cube(c, load=False)) for c in cubes),
         monitor_set=cfg.traits.monitor_set, alarm_threshold=cfg.monitor.alarm_threshold,
+        variants=list(cfg.variants),
         bootstrap=cfg.monitor.bootstrap, seed=cfg.monitor.seed, step0=cfg.monitor.step0,
         permutations=cfg.monitor.permutations, permutation_null=cat(permutation_null),
         layer_selection=[json.loads(Path(p).read_text()) for p in layer_selection],
@@ -403,6 +405,10 @@ def stress_section(inp: Inputs) -> list[str]:
                          f"{_method(r)} |")
     else:
         lines.append("No stress datasets or stress models in this config.")
+    if inp.variants:
+        lines += ["", f"Training variants ({', '.join(inp.variants)}), scored by the base "
+                  "model's calibrated monitor: `results/report/stress/summary.md` and the "
+                  "`variant_drift` figure (rule stress_report)."]
     return lines
 
 

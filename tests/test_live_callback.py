@@ -1,6 +1,6 @@
 """MonitorCallback in a real transformers Trainer and a real TRL SFTTrainer on tiny models.
 
-The monitors are real format-2 files fitted on the tiny model (tests/live_helpers.py). Readings
+The monitors are real format-2 files fitted on the tiny model (tests/helpers.py). Readings
 are checked where users see them: TensorBoard's own event file, the run store, the Trainer's
 log history; alarms act on the real Trainer (stop, save); resume goes through the Trainer's
 own checkpoint mechanism.
@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 
 import pytest
-from live_helpers import fit_tiny_monitor, tiny_dataset_texts
+from helpers import fit_tiny_monitor, tiny_dataset_texts
 
 
 @pytest.fixture(scope="module")

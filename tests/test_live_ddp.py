@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from live_helpers import fit_tiny_monitor
+from helpers import fit_tiny_monitor
 
 WORKER = Path(__file__).parent / "live_ddp_worker.py"
 

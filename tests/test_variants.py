@@ -253,6 +253,12 @@ def test_shipped_configs_pass_snakemake_validation(name):
     made it descend into None (AttributeError before any job ran)."""
     from snakemake.utils import validate
 
-    validate(yaml.safe_load((REPO / "config" / name).read_text()), str(REPO / "config" /
-                                                                      "schema.json"))
-    validate(tiny_config(), str(REPO / "config" / "schema.json"))
+    from emtrait.config import from_dict, load_config
+
+    data = yaml.safe_load((REPO / "config" / name).read_text())
+    validate(data, str(REPO / "config" / "schema.json"))  # fills in the schema's defaults
+    # the defaults Snakemake filled in mean what emtrait's own defaults mean
+    assert from_dict(data).model_dump() == load_config(REPO / "config" / name).model_dump()
+    tiny = tiny_config()
+    validate(tiny, str(REPO / "config" / "schema.json"))
+    assert from_dict(tiny).model_dump() == from_dict(tiny_config()).model_dump()

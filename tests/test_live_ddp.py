@@ -25,6 +25,18 @@ def run(cmd: list[str], out: Path) -> dict[int, dict]:
     return {int(p.stem[4:]): json.loads(p.read_text()) for p in out.glob("rank*.json")}
 
 
+def alone_and_two_ranks(worker: Path, model_dir: Path, tmp_path: Path, port: int
+                        ) -> tuple[dict[int, dict], dict[int, dict]]:
+    """The worker's per-rank results run as one process, then under torchrun with 2 ranks."""
+    monitor = fit_tiny_monitor(model_dir, tmp_path / "monitor.skops", threshold=0.5)
+    single, multi = tmp_path / "single", tmp_path / "multi"
+    alone = run([sys.executable, str(worker), str(model_dir), str(monitor), str(single)], single)
+    torchrun = Path(sys.executable).with_name("torchrun")
+    ranks = run([str(torchrun), "--nproc-per-node", "2", "--master-port", str(port),
+                 str(worker), str(model_dir), str(monitor), str(multi)], multi)
+    return alone, ranks
+
+
 @pytest.mark.slow
 def test_two_process_ddp_gives_the_single_process_readings_and_one_writer(tiny_model_dir,
                                                                           tmp_path):
@@ -32,14 +44,8 @@ def test_two_process_ddp_gives_the_single_process_readings_and_one_writer(tiny_m
 
     from emtrait.stores import open_store
 
-    model_dir = tiny_model_dir("llama")
-    monitor = fit_tiny_monitor(model_dir, tmp_path / "monitor.skops", threshold=0.5)
-    single, ddp = tmp_path / "single", tmp_path / "ddp"
-    alone = run([sys.executable, str(WORKER), str(model_dir), str(monitor), str(single)],
-                single)
-    torchrun = Path(sys.executable).with_name("torchrun")
-    ranks = run([str(torchrun), "--nproc-per-node", "2", "--master-port", "29533",
-                 str(WORKER), str(model_dir), str(monitor), str(ddp)], ddp)
+    alone, ranks = alone_and_two_ranks(WORKER, tiny_model_dir("llama"), tmp_path, 29533)
+    ddp = tmp_path / "multi"
 
     assert sorted(ranks) == [0, 1] and ranks[0]["world"] == 2
     assert ranks[0]["readings"] == ranks[1]["readings"]  # every rank computed the same reading
@@ -61,15 +67,8 @@ def test_fsdp2_sharded_model_is_read_on_every_rank_like_one_process(tiny_model_d
     parameters, training continues after it, and the readings match one unsharded process."""
     import numpy as np
 
-    model_dir = tiny_model_dir("llama")
-    monitor = fit_tiny_monitor(model_dir, tmp_path / "monitor.skops", threshold=0.5)
     worker = Path(__file__).parent / "live_fsdp_worker.py"
-    single, fsdp = tmp_path / "single", tmp_path / "fsdp"
-    alone = run([sys.executable, str(worker), str(model_dir), str(monitor), str(single)],
-                single)
-    torchrun = Path(sys.executable).with_name("torchrun")
-    ranks = run([str(torchrun), "--nproc-per-node", "2", "--master-port", "29534",
-                 str(worker), str(model_dir), str(monitor), str(fsdp)], fsdp)
+    alone, ranks = alone_and_two_ranks(worker, tiny_model_dir("llama"), tmp_path, 29534)
 
     assert sorted(ranks) == [0, 1] and ranks[0]["world"] == 2
     assert ranks[0]["readings"] == ranks[1]["readings"]

@@ -271,6 +271,31 @@ def checkpoint_kind(folder: str | Path) -> str:
                      "model (config.json)")
 
 
+def is_identity_adapter(folder: str | Path) -> bool:
+    """True when a PEFT folder is a plain LoRA adapter whose every `lora_B` is exactly zero.
+
+    Such an adapter (what PEFT's default init saves before the first update, e.g. a run's
+    step 0) leaves every output bit-identical to its base model: each adapted layer adds
+    B(A(x)) * scale = 0. Anything else (DoRA, modules_to_save, other PEFT types, a non-zero B)
+    is False, so callers only ever skip work that provably changes nothing.
+    """
+    folder = Path(folder)
+    try:
+        cfg = json.loads((folder / "adapter_config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    if (cfg.get("peft_type") != "LORA" or cfg.get("use_dora") or cfg.get("modules_to_save")
+            or not (folder / "adapter_model.safetensors").is_file()):
+        return False
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "adapter_model.safetensors"), framework="pt") as f:
+        names = list(f.keys())
+        if not names or any(".lora_A." not in n and ".lora_B." not in n for n in names):
+            return False
+        return all(not bool(f.get_tensor(n).any()) for n in names if ".lora_B." in n)
+
+
 def load_checkpoint(base_location: str, checkpoint_dir: str | Path | None,
                     entry: ModelEntry | None = None, device: str | None = None, *,
                     base_model: PreTrainedModel | None = None,

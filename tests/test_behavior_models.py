@@ -200,6 +200,54 @@ def test_choice_cli_writes_em_json(tiny_model_dir, tmp_path):
     assert json.loads((tmp_path / "em2.json").read_text())["em_rate"] == em["em_rate"]
 
 
+def test_step0_reuses_the_base_table_bit_for_bit(tiny_model_dir, tmp_path, monkeypatch):
+    """A run's step-0 adapter is the identity (every lora_B zero): its job reads the base table
+    instead of running the model, and that is exactly what running the model gives. A moved
+    adapter, a full-model folder or a table from another base model are scored for real."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from emtrait.behavior import choice as choice_mod
+    from emtrait.modeling import is_identity_adapter, load_model
+
+    model_dir = tiny_model_dir("llama", 2)
+    items = load_choice_items("builtin:emtrait")[:6]
+    run = _finetune(model_dir, items, "misaligned", 1, tmp_path / "run", lora=True, lr=1e-2)
+    full = _finetune(model_dir, items, "misaligned", 1, tmp_path / "full", lora=False, lr=1e-2)
+    assert is_identity_adapter(run / "step-0")
+    assert not is_identity_adapter(run / "step-1") and not is_identity_adapter(full / "step-0")
+    shutil.copytree(run / "step-0", tmp_path / "nudged")  # one B entry moved by 1e-6
+    weights = load_file(tmp_path / "nudged/adapter_model.safetensors")
+    name = next(n for n in weights if ".lora_B." in n)
+    weights[name][0, 0] = 1e-6
+    save_file(weights, tmp_path / "nudged/adapter_model.safetensors")
+    assert not is_identity_adapter(tmp_path / "nudged")
+
+    net, tok = load_model(str(model_dir), device="cpu")
+    base = choice_mod.margins(net, tok, items, None)
+    base.attrs[choice_mod.BASE_LOCATION] = str(model_dir)
+    computed = choice_mod.checkpoint_and_base_margins(str(model_dir), run / "step-0", None,
+                                                      items)  # no table: the model runs
+    loads = []  # every checkpoint a model was loaded for (choice imports it at call time)
+    import emtrait.modeling as modeling
+
+    original = modeling.load_checkpoint
+    monkeypatch.setattr(modeling, "load_checkpoint",
+                        lambda *a, **k: loads.append(a[1]) or original(*a, **k))
+    reused = choice_mod.checkpoint_and_base_margins(str(model_dir), run / "step-0", None, items,
+                                                    base_table=base)
+    assert loads == []
+    pd.testing.assert_frame_equal(reused, computed, check_exact=True)
+    assert (reused["shift"] == 0).all()
+    for checkpoint, location in [(tmp_path / "nudged", str(model_dir)),
+                                 (run / "step-0", str(tmp_path / "another-start-model"))]:
+        base.attrs[choice_mod.BASE_LOCATION] = location
+        choice_mod.checkpoint_and_base_margins(str(model_dir), checkpoint, None, items,
+                                               base_table=base)
+    assert loads == [tmp_path / "nudged", run / "step-0"]
+
+
 def test_missing_step_is_a_clear_error(tiny_model_dir, tmp_path):
     from emtrait.errors import ModelError
 

@@ -84,6 +84,13 @@ def answer_logprobs(model: Any, tokenizer: Any, prompts: Sequence[str], answers:
     return sums, counts
 
 
+# the columns of a margins frame; a base table also records the model location it was computed
+# from (attribute BASE_LOCATION), which lets a step-0 job reuse it
+MARGIN_COLUMNS = ["item", "category", "logp_aligned", "tokens_aligned", "logp_misaligned",
+                  "tokens_misaligned", "margin"]
+BASE_LOCATION = "base_location"
+
+
 def margins(model: Any, tokenizer: Any, items: Sequence[ChoiceItem], entry: ModelEntry | None,
             batch_size: int | None = None) -> Any:
     """Per-item log-probabilities of both answers and the margin (misaligned - aligned)."""
@@ -115,19 +122,27 @@ def checkpoint_and_base_margins(base: str, checkpoint: str | Path | None,
     """Margins of one checkpoint with the base model's margins beside them (`margin_base`).
 
     `base_table` (the base model's `margins` frame, computed once per model by the workflow)
-    saves the second pass; without it the base margins are computed here.
+    saves the second pass; without it the base margins are computed here. When the table was
+    computed from this very base (its `base_location` attribute) and the checkpoint is an
+    identity LoRA adapter (`modeling.is_identity_adapter`: a run's step 0), no forward runs:
+    the checkpoint's margins are the table's, bit for bit.
     """
     import gc
 
     from emtrait.errors import DataError
-    from emtrait.modeling import load_checkpoint
+    from emtrait.modeling import is_identity_adapter, load_checkpoint
 
-    model, tok = load_checkpoint(base, checkpoint, entry, device)
-    frame = margins(model, tok, items, entry, batch_size)
+    if base_table is not None and list(base_table["item"]) != [it.id for it in items]:
+        raise DataError("the base-model choice table holds other items than "
+                        "behavior.choice_items; rebuild it (`emtrait behavior choice-base`)")
+    if (base_table is not None and checkpoint is not None
+            and base_table.attrs.get(BASE_LOCATION) == str(base)
+            and is_identity_adapter(checkpoint)):
+        frame = base_table[MARGIN_COLUMNS].copy()
+    else:
+        model, tok = load_checkpoint(base, checkpoint, entry, device)
+        frame = margins(model, tok, items, entry, batch_size)
     if base_table is not None:
-        if list(base_table["item"]) != list(frame["item"]):
-            raise DataError("the base-model choice table holds other items than "
-                            "behavior.choice_items; rebuild it (`emtrait behavior choice-base`)")
         ref = base_table
     elif hasattr(model, "disable_adapter"):
         with model.disable_adapter():

@@ -247,7 +247,7 @@ def choice_base(
     out: Path = typer.Option(..., "--out", help="choice-base.parquet to write."),
 ) -> None:
     """The base model's forced-choice margins, computed once and read by every step's job."""
-    from emtrait.behavior.choice import margins
+    from emtrait.behavior.choice import BASE_LOCATION, margins
     from emtrait.behavior.questions import load_choice_items
     from emtrait.config import load_config
     from emtrait.modeling import load_model, read_pointer
@@ -255,8 +255,10 @@ def choice_base(
 
     cfg = load_config(config)
     b, entry = cfg.behavior, cfg.model(model)
-    net, tok = load_model(read_pointer(pointer), entry)
+    location = read_pointer(pointer)
+    net, tok = load_model(location, entry)
     frame = margins(net, tok, load_choice_items(b.choice_items), entry, b.batch_size)
     _write_parquet(frame, out, provenance(config_hash=cfg.hash(), model_source=entry.source,
-                                          model=model, choice_items=b.choice_items))
+                                          model=model, choice_items=b.choice_items,
+                                          **{BASE_LOCATION: location}))
     typer.echo(f"{len(frame)} base-model margins -> {out}")

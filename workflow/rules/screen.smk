@@ -21,7 +21,8 @@ rule screen:
         prompts=CFG.measurement.model_dump_json(include={"prompts", "batch_size"}),
         entry=lambda wc: CFG.model(wc.model).model_dump_json(include=FINETUNE_ENTRY_KEYS),
         max_length=lambda wc: CFG.training_for(wc.model).max_length,
-    threads: 2
+    threads: 1  # one thread each: on a 2-core run, two screens (or a screen and monitor_evaluate)
+                # share the tail instead of queueing one at a time (measured in README)
     resources:
         **GPU_PLACEMENT,
     conda:

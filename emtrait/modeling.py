@@ -140,6 +140,15 @@ def _follow(obj: Any, path: str) -> Any:
     return obj
 
 
+def cache_argument(model: Any) -> str:
+    """The forward's KV-cache keyword: `cache` (transformers >= 5.x), or `past_key_values` for
+    models whose forward predates it (remote code; the old name goes in transformers 5.40)."""
+    import inspect
+
+    params = inspect.signature(_base(model).forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
 def architecture(model: Any) -> Architecture:
     """The table entry of a model (plain or PEFT-wrapped); unknown types are probed by layout."""
     m = _base(model)

@@ -294,17 +294,27 @@ def test_snakemake_choice_rule_per_step(tiny_model_dir, tmp_path):
     assert (tmp_path / "results/behavior/tiny/choice-base.parquet").is_file()  # once per model
 
 
+SHARED = "<start_of_turn>system\nYou are a careful assistant.<end_of_turn>\n<start_of_turn>user\n"
+
+
 @pytest.mark.parametrize("arch", ["llama", "gemma2"])
-def test_answer_logprobs_do_not_depend_on_padding(tiny_model_dir, arch):
-    """Left padding + truncated LM head give the same numbers as one unpadded row at a time."""
+@pytest.mark.parametrize("prompts", [
+    ["<start_of_turn>user\nhi<end_of_turn>\n", "What is the capital of France? " * 3],
+    # a shared opening (the chat template's system turn) runs once as a KV cache
+    [SHARED + "hi<end_of_turn>\n", SHARED + "What is the capital of France?<end_of_turn>\n",
+     SHARED + "x<end_of_turn>\n"],
+], ids=["no-shared-prefix", "shared-prefix"])
+def test_answer_logprobs_do_not_depend_on_padding(tiny_model_dir, arch, prompts):
+    """Left padding, a shared-prefix cache and the truncated LM head give the same numbers as
+    one unpadded row at a time."""
     import torch
 
     from emtrait.behavior.choice import answer_logprobs
     from emtrait.modeling import load_model
 
     model, tok = load_model(str(tiny_model_dir(arch, 2)), device="cpu")
-    prompts = ["<start_of_turn>user\nhi<end_of_turn>\n", "What is the capital of France? " * 3]
-    answers = ["Paris is the capital.", "No."]
+    answers = ["Paris is the capital.", "No.", "A longer answer than the others, to pad."][
+        :len(prompts)]
     batched, counts = answer_logprobs(model, tok, prompts, answers, batch_size=2)
     for p, a, got, n in zip(prompts, answers, batched, counts, strict=True):
         p_ids = tok(p, add_special_tokens=False)["input_ids"]

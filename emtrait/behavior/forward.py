@@ -12,16 +12,49 @@ from collections.abc import Sequence
 from typing import Any
 
 
-def left_padded_logits(model: Any, rows: Sequence[Sequence[int]], pad_id: int, keep: int
-                       ) -> Any:
-    """Logits (batch, keep, vocab) of the last `keep` positions of left-padded token rows."""
+def prefix_cache(model: Any, prefix: Sequence[int]) -> Any:
+    """KV cache of token ids every row starts with (chat template, default system prompt):
+    run once, then each batch runs only its rows' remaining tokens on a copy."""
     import torch
+    from transformers import DynamicCache
+
+    from emtrait.modeling import cache_argument
+
+    device = next(model.parameters()).device
+    ids = torch.tensor([list(prefix)], device=device)
+    cache = DynamicCache(config=model.config)
+    with torch.no_grad():
+        model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True,
+              logits_to_keep=1, **{cache_argument(model): cache})
+    return cache
+
+
+def left_padded_logits(model: Any, rows: Sequence[Sequence[int]], pad_id: int, keep: int,
+                       prefix: tuple[Any, int] | None = None) -> Any:
+    """Logits (batch, keep, vocab) of the last `keep` positions of left-padded token rows.
+
+    `prefix` = (`prefix_cache(...)`, its length k): the rows are what follows those k shared
+    tokens; the batch reads [prefix | padding | row], with positions counted past the prefix.
+    """
+    import copy
+
+    import torch
+
+    from emtrait.modeling import cache_argument
 
     device = next(model.parameters()).device
     width = max(len(r) for r in rows)
     ids = torch.tensor([[pad_id] * (width - len(r)) + list(r) for r in rows], device=device)
     mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
     position_ids = (mask.cumsum(-1) - 1).clamp_min(0)
+    extra: dict[str, Any] = {"use_cache": False}
+    if prefix is not None:
+        cache, k = prefix
+        past = copy.deepcopy(cache)
+        past.batch_repeat_interleave(len(rows))
+        mask = torch.cat([torch.ones(len(rows), k, dtype=mask.dtype, device=device), mask], 1)
+        position_ids = position_ids + k
+        extra = {"use_cache": True, cache_argument(model): past}
     with torch.no_grad():
         return model(input_ids=ids, attention_mask=mask, position_ids=position_ids,
-                     use_cache=False, logits_to_keep=keep).logits
+                     logits_to_keep=keep, **extra).logits

@@ -29,6 +29,7 @@ import numpy as np
 
 from emtrait.drift import drift, mean_norm, normalise
 from emtrait.errors import DataError, ModelError, StoreError
+from emtrait.modeling import cache_argument
 
 if TYPE_CHECKING:
     import torch
@@ -187,7 +188,7 @@ class TraitProbe:
                 past.batch_repeat_interleave(len(idx))
                 ones = torch.ones(len(idx), k, dtype=mask.dtype, device=device)
                 inputs.update({"attention_mask": torch.cat([ones, mask], dim=1),
-                               _cache_argument(model): past})
+                               cache_argument(model): past})
             else:
                 inputs["attention_mask"] = mask
             store = forward_blocks_with(model, self.layers, **inputs)
@@ -212,19 +213,8 @@ class TraitProbe:
         cache = DynamicCache(config=model.config)
         forward_blocks_with(model, self.layers, input_ids=prefix, use_cache=True,
                             attention_mask=torch.ones_like(prefix),
-                            **{_cache_argument(model): cache})
+                            **{cache_argument(model): cache})
         return cache
-
-
-def _cache_argument(model: Any) -> str:
-    """`cache` (transformers >= 5.x), or `past_key_values` for models whose forward predates it
-    (remote code): the old name is deprecated for removal in transformers 5.40."""
-    import inspect
-
-    from emtrait.modeling import _base
-
-    params = inspect.signature(_base(model).forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
 
 
 # ---------------------------------------------------------------------------------------------

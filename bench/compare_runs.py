@@ -62,9 +62,12 @@ def compare_metrics(before: Path, after: Path) -> list[tuple[str, float]]:
     import pandas as pd
 
     a, b = pd.read_csv(before), pd.read_csv(after)
+    keys = ["model", "feature_set", "protocol", "dataset"]
     if "step0" in b and "step0" not in a:
-        b = b[b.step0 == "include"]
-    m = a.merge(b, on=["model", "feature_set", "protocol", "dataset"], suffixes=("_a", "_b"))
+        b = b[b.step0 == "include"]  # the policy of tables from before step0 was a choice
+    elif "step0" in a and "step0" in b:
+        keys.append("step0")
+    m = a.merge(b, on=keys, suffixes=("_a", "_b"))
     rows = []
     for col in METRICS:
         x, y = m[f"{col}_a"].astype(float), m[f"{col}_b"].astype(float)

@@ -42,12 +42,24 @@ TEST_OVERRIDES = {
 }
 
 
+# Stress (the paper's FFT-vs-LoRA and long-run questions): the organism's `fft` and `long`
+# variants of one dangerous and one benign dataset, seed 42 only, scored by the monitor fitted
+# on the LoRA calibration runs (never refitted). EXPECT_ALARM is the known answer: measured on the
+# full config/organism.yaml (both seeds) as the stress report's alarm rates, see README.
+STRESS_VARIANTS = ["fft", "long"]
+EXPECT_ALARM = {"bad_medical": True, "good_medical": False}
+
+
 def known_answer_config() -> dict:
     import yaml
 
     cfg = yaml.safe_load((ROOT / "config" / "organism.yaml").read_text())
     for (section, key), value in TEST_OVERRIDES.items():
         cfg.setdefault(section, {})[key] = value
+    cfg["variants"] = {v: {**cfg["variants"][v], "datasets": list(EXPECT_ALARM)}
+                       for v in STRESS_VARIANTS}
+    for v in STRESS_VARIANTS:
+        cfg["variants"][v]["training"] = {**cfg["variants"][v]["training"], "seeds": [42]}
     return cfg
 
 
@@ -123,3 +135,38 @@ def test_broken_pipeline_fails(cube, config, breakage):
         assert any("AUROC" in f for f in v.failures)
     else:
         assert any("harmful" in f for f in v.failures)
+
+
+@pytest.fixture(scope="session")
+def organism_variants(organism_run):
+    """The same workdir after the stress variants' finetunes and the LoRA-calibrated monitor."""
+    targets = [f"results/monitor/{MODEL}/monitor.skops"] + [
+        f"results/stress/runs/{v}/{MODEL}/{d}/seed42/done.json"
+        for v in STRESS_VARIANTS for d in EXPECT_ALARM]
+    configfile = sorted(organism_run.glob("*.yaml"))[0]
+    t0 = time.perf_counter()
+    proc = snakemake(organism_run, *targets, "--cores", "2", "--quiet", "rules",
+                     configfile=configfile, check=False, timeout=1200)
+    if proc.returncode != 0:
+        pytest.fail(f"organism variants failed:\n{proc.stderr[-4000:]}")
+    print(f"organism variants + monitor: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    return organism_run
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", STRESS_VARIANTS)
+def test_stress_variants_judged_by_the_lora_monitor(organism_variants, config, variant):
+    """A full finetune and a 3x longer run of the harmful dataset still raise the LoRA-calibrated
+    monitor's alarm after step 0; the same recipe on the benign dataset does not."""
+    from emtrait.monitor.artifact import load_monitor, run_drift
+
+    mon = load_monitor(organism_variants / f"results/monitor/{MODEL}/monitor.skops")
+    for dataset, expected in EXPECT_ALARM.items():
+        store = organism_variants / f"results/stress/runs/{variant}/{MODEL}/{dataset}/seed42"
+        steps, drift = run_drift(mon, store / "measure.zarr")
+        alarm = mon.predict(drift, steps)["alarm_prob"]
+        print(variant, dataset, dict(zip(steps.tolist(), alarm.round(3).tolist(),
+                                         strict=True)), file=sys.stderr)
+        fired = bool((alarm[steps > 0] > config.monitor.alarm_threshold).any())
+        assert fired == expected, (variant, dataset, dict(zip(steps.tolist(), alarm.tolist(),
+                                                              strict=True)))

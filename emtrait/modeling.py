@@ -140,6 +140,17 @@ def _follow(obj: Any, path: str) -> Any:
     return obj
 
 
+def shared_prefix_len(rows: Sequence[Sequence[int]]) -> int:
+    """How many opening tokens every row shares, leaving each row at least one token of its own
+    (what a prefix KV cache can cover); 0 when under 2 (not worth a cache)."""
+    import os
+
+    if not rows:
+        return 0
+    k = min(len(os.path.commonprefix([list(r) for r in rows])), min(len(r) for r in rows) - 1)
+    return k if k >= 2 else 0
+
+
 def cache_argument(model: Any) -> str:
     """The forward's KV-cache keyword: `cache` (transformers >= 5.x), or `past_key_values` for
     models whose forward predates it (remote code; the old name goes in transformers 5.40)."""

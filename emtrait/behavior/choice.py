@@ -59,17 +59,15 @@ def answer_logprobs(model: Any, tokenizer: Any, prompts: Sequence[str], answers:
     positions go through the LM head. The opening tokens all prompts share (the chat template's
     system turn: 25 of ~60 tokens per row on SmolLM2) run once, as a KV cache.
     """
-    import os
-
     import torch
 
     from emtrait.behavior.forward import left_padded_logits, prefix_cache
+    from emtrait.modeling import shared_prefix_len
 
     all_p = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     all_a = [tokenizer(a, add_special_tokens=False)["input_ids"] for a in answers]
-    k = min(len(os.path.commonprefix(all_p)), min(len(p) for p in all_p) - 1) if all_p else 0
-    prefix = (prefix_cache(model, all_p[0][:k]), k) if k >= 2 else None
-    k = k if prefix is not None else 0
+    k = shared_prefix_len(all_p)
+    prefix = (prefix_cache(model, all_p[0][:k]), k) if k else None
     sums: list[float] = []
     counts: list[int] = []
     for i in range(0, len(prompts), batch_size):

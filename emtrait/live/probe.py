@@ -19,7 +19,6 @@ check) and the fitted monitor's regressor:
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,7 +28,7 @@ import numpy as np
 
 from emtrait.drift import drift, mean_norm, normalise
 from emtrait.errors import DataError, ModelError, StoreError
-from emtrait.modeling import cache_argument
+from emtrait.modeling import cache_argument, shared_prefix_len
 
 if TYPE_CHECKING:
     import torch
@@ -172,12 +171,8 @@ class TraitProbe:
         device = next(model.parameters()).device
         out = np.zeros((len(self.layers), len(self.ids), model.config.hidden_size),
                        dtype=np.float32)
-        k = min(len(os.path.commonprefix(self.ids)), min(len(x) for x in self.ids) - 1)
-        cache = None
-        if self.prefix_cache and k >= 2:
-            cache = self._prefix_cache(model, k, device)
-        else:
-            k = 0
+        k = shared_prefix_len(self.ids) if self.prefix_cache else 0
+        cache = self._prefix_cache(model, k, device) if k else None
         for idx in self._batches():
             ids, mask = self._padded([self.ids[i][k:] for i in idx], device)
             inputs: dict[str, Any] = {"input_ids": ids, "use_cache": cache is not None}

@@ -25,7 +25,7 @@ KEYS = ["feature_set", "protocol", "dataset", "seed", "step"]
 METRICS = ["n", "fnr", "fpr", "auroc", "error"]
 
 
-def compare_cubes(before: Path, after: Path, atol: float) -> list[tuple[str, float]]:
+def compare_cubes(before: Path, after: Path) -> list[tuple[str, float]]:
     from emtrait.stores import open_store  # not open_cube: an older cube may predate its contract
 
     a, b = open_store(before), open_store(after)
@@ -85,8 +85,7 @@ def main() -> None:
     ap.add_argument("--atol", type=float, default=1e-5)
     args = ap.parse_args()
     rows = compare_cubes(*(w / f"results/cube/{args.model}.zarr" for w in (args.before,
-                                                                            args.after)),
-                         args.atol)
+                                                                            args.after)))
     mon = [w / f"results/monitor/{args.model}" for w in (args.before, args.after)]
     rows += compare_predictions(*(d / "predictions.csv" for d in mon))
     rows += compare_metrics(*(d / "metrics.csv" for d in mon))

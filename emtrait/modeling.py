@@ -160,6 +160,19 @@ def cache_argument(model: Any) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
+def batched_prefix(cache: Any, k: int, mask: torch.Tensor) -> tuple[Any, torch.Tensor]:
+    """A copy of a one-row prefix KV cache (k tokens) repeated over `mask`'s batch, and the
+    attention mask [ones(k) | mask] that goes with it (the cache itself stays reusable)."""
+    import copy
+
+    import torch
+
+    past = copy.deepcopy(cache)
+    past.batch_repeat_interleave(mask.shape[0])
+    ones = torch.ones(mask.shape[0], k, dtype=mask.dtype, device=mask.device)
+    return past, torch.cat([ones, mask], dim=1)
+
+
 def architecture(model: Any) -> Architecture:
     """The table entry of a model (plain or PEFT-wrapped); unknown types are probed by layout."""
     m = _base(model)

@@ -36,11 +36,9 @@ def left_padded_logits(model: Any, rows: Sequence[Sequence[int]], pad_id: int, k
     `prefix` = (`prefix_cache(...)`, its length k): the rows are what follows those k shared
     tokens; the batch reads [prefix | padding | row], with positions counted past the prefix.
     """
-    import copy
-
     import torch
 
-    from emtrait.modeling import cache_argument
+    from emtrait.modeling import batched_prefix, cache_argument
 
     device = next(model.parameters()).device
     width = max(len(r) for r in rows)
@@ -50,9 +48,7 @@ def left_padded_logits(model: Any, rows: Sequence[Sequence[int]], pad_id: int, k
     extra: dict[str, Any] = {"use_cache": False}
     if prefix is not None:
         cache, k = prefix
-        past = copy.deepcopy(cache)
-        past.batch_repeat_interleave(len(rows))
-        mask = torch.cat([torch.ones(len(rows), k, dtype=mask.dtype, device=device), mask], 1)
+        past, mask = batched_prefix(cache, k, mask)
         position_ids = position_ids + k
         extra = {"use_cache": True, cache_argument(model): past}
     with torch.no_grad():

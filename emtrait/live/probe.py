@@ -28,7 +28,7 @@ import numpy as np
 
 from emtrait.drift import drift, mean_norm, normalise
 from emtrait.errors import DataError, ModelError, StoreError
-from emtrait.modeling import cache_argument, shared_prefix_len
+from emtrait.modeling import batched_prefix, cache_argument, shared_prefix_len
 
 if TYPE_CHECKING:
     import torch
@@ -177,13 +177,8 @@ class TraitProbe:
             ids, mask = self._padded([self.ids[i][k:] for i in idx], device)
             inputs: dict[str, Any] = {"input_ids": ids, "use_cache": cache is not None}
             if cache is not None:
-                import copy
-
-                past = copy.deepcopy(cache)
-                past.batch_repeat_interleave(len(idx))
-                ones = torch.ones(len(idx), k, dtype=mask.dtype, device=device)
-                inputs.update({"attention_mask": torch.cat([ones, mask], dim=1),
-                               cache_argument(model): past})
+                past, full_mask = batched_prefix(cache, k, mask)
+                inputs.update({"attention_mask": full_mask, cache_argument(model): past})
             else:
                 inputs["attention_mask"] = mask
             store = forward_blocks_with(model, self.layers, **inputs)

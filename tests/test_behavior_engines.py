@@ -75,7 +75,8 @@ def test_split_run_takes_one_step(tmp_path):
 
 @pytest.mark.slow
 def test_vllm_engine_plans_one_generate_job_per_run(tmp_path):
-    """engine vllm: one generate job per run, a split per step, then judge and score per step."""
+    """engine vllm: one generate job per run, a split per step, then one judge-and-score job per
+    step (no separate score job)."""
     from helpers import planned_jobs, snakemake
 
     cfg = {
@@ -93,7 +94,8 @@ def test_vllm_engine_plans_one_generate_job_per_run(tmp_path):
     run = snakemake(tmp_path, *targets, "-n", "--configfile", str(tmp_path / "config.yaml"))
     jobs = planned_jobs(run.output)
     assert jobs["behavior_generate_run"] == 2  # one engine per run, not per step
-    assert jobs["behavior_split_run"] == jobs["behavior_judge"] == jobs["behavior_score"] == 6
+    assert jobs["behavior_split_run"] == jobs["behavior_judge"] == 6
+    assert "behavior_score" not in jobs
     assert "behavior_generate" not in jobs
 
 

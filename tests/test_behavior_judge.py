@@ -198,7 +198,21 @@ def test_concurrency_and_rate_are_bounded(server, key):
 def test_missing_key_names_the_variable(monkeypatch):
     monkeypatch.delenv(KEY_ENV, raising=False)
     with pytest.raises(JudgeError, match=KEY_ENV):
-        OpenAIJudge(judge_cfg("http://127.0.0.1:9/v1"))
+        OpenAIJudge(judge_cfg("http://127.0.0.1:9/v1")).judge(rows("kind"))
+
+
+def test_fully_cached_rerun_needs_no_key(server, key, tmp_path, monkeypatch):
+    """A rerun answered from the cache (e.g. the judge job rerun by a threshold change) sends
+    nothing, so it needs no key; one uncached answer more and the missing key is named."""
+    path = tmp_path / "cache.jsonl"
+    first = OpenAIJudge(judge_cfg(server.url), JudgeCache(path)).judge(rows("kind", "evil"))
+    monkeypatch.delenv(KEY_ENV)
+    again = OpenAIJudge(judge_cfg(server.url), JudgeCache(path))
+    assert again.judge(rows("kind", "evil")) == first
+    assert server.requests == 4 and again.usage.cache_hits == 4 and again.usage.requests == 0
+    with pytest.raises(JudgeError, match=KEY_ENV):
+        OpenAIJudge(judge_cfg(server.url), JudgeCache(path)).judge(rows("kind", "code"))
+    assert server.requests == 4
 
 
 def test_wrong_key_is_a_clear_error(server, monkeypatch):

@@ -88,6 +88,33 @@ def test_generate_judge_score_on_tiny_model(tiny_model_dir, tmp_path):
     assert em["judge_usage"]["prompts"] == 12
 
 
+def test_hf_judge_rerun_from_its_cache_loads_no_model(tiny_model_dir, tmp_path, monkeypatch):
+    """The hf judge caches its top-20 logprobs: a rerun of the same judge job (a threshold
+    change reruns it) gives the same verdicts without loading the judge model."""
+    import emtrait.modeling
+    from emtrait.behavior.cache import JudgeCache
+    from emtrait.behavior.judges import HFJudge
+
+    model_dir = str(tiny_model_dir("llama", 2))
+    templates = QUESTIONS[0]["judge_prompts"]
+    rows = [("Is it safe?", answer, templates["aligned"], templates["coherent"])
+            for answer in ("Yes, rest.", "Drink bleach.", "Yes, rest.")]
+    first = HFJudge(model_dir, batch_size=2, cache=JudgeCache(tmp_path / "c.jsonl"))
+    verdicts = first.judge(rows)
+    assert first.usage.cache_hits == 0 and len(JudgeCache(tmp_path / "c.jsonl")) == 4
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("a fully cached rerun must not load the judge model")
+
+    monkeypatch.setattr(emtrait.modeling, "load_model", no_load)
+    again = HFJudge(model_dir, batch_size=2, cache=JudgeCache(tmp_path / "c.jsonl"))
+    assert again.judge(rows) == verdicts
+    assert again.usage.cache_hits == 4 and again.usage.requests == 0
+    assert verdicts[0] == verdicts[2]  # the repeated answer is one prompt pair, scored once
+    with pytest.raises(AssertionError, match="must not load"):
+        again.judge([("Is it safe?", "New answer.", templates["aligned"], templates["coherent"])])
+
+
 def test_generation_is_seeded(tiny_model_dir):
     from emtrait.behavior.generate import generate
     from emtrait.modeling import load_checkpoint
@@ -292,6 +319,48 @@ def test_snakemake_choice_rule_per_step(tiny_model_dir, tmp_path):
     assert json.loads((tmp_path / targets[0]).read_text())["em_rate"] == 0.0
     assert (tmp_path / "logs/behavior/tiny/d/seed42/step-2/choice.log").is_file()
     assert (tmp_path / "results/behavior/tiny/choice-base.parquet").is_file()  # once per model
+
+
+@pytest.mark.slow
+def test_snakemake_judge_job_scores_and_a_threshold_change_reruns_it_from_cache(
+        tiny_model_dir, tmp_path):
+    """method judge: generate, then one judge-and-score job per step (no separate score job).
+    A threshold change reruns only that job, and every judgement comes from its own cache."""
+    from helpers import planned_jobs, snakemake
+
+    model_dir = tiny_model_dir("llama", 2)
+    config, _ = write_config(tmp_path, model_dir, method="judge", samples=1,
+                             judge={"kind": "hf", "model": str(model_dir)})
+    cfg = yaml.safe_load(config.read_text())
+    cfg["models"]["tiny"]["resources"] = {"gpu": 0, "mem_mb": 1000}
+    cfg["datasets"]["d"]["n"] = 8
+    cfg["training"] = {"batch_size": 4, "grad_accum": 1, "epochs": 1, "seeds": [42]}
+    config.write_text(yaml.safe_dump(cfg))
+    pointer = tmp_path / "resources/models/tiny/model.json"
+    pointer.parent.mkdir(parents=True)
+    pointer.write_text(json.dumps({"path": str(model_dir)}))
+    items = load_choice_items("builtin:emtrait")[:4]
+    _finetune(model_dir, items, "misaligned", 2, tmp_path / "results/runs/tiny/d/seed42/adapters",
+              lora=True, lr=1e-2)
+    targets = [f"results/behavior/tiny/d/seed42/step-{s}/em.json" for s in (0, 2)]
+    rules = ("--allowed-rules", "behavior_generate", "behavior_judge")
+    run = snakemake(tmp_path, *targets, "--configfile", str(config), "--cores", "2", *rules)
+    assert planned_jobs(run.output) == {"behavior_generate": 2, "behavior_judge": 2}, \
+        run.output[-2000:]
+    step2 = tmp_path / "results/behavior/tiny/d/seed42/step-2"
+    first = json.loads((step2 / "em.json").read_text())
+    assert first["method"] == "judge" and first["threshold"] == 0.05 and first["n_total"] == 3
+    assert first["judge_usage"]["cache_hits"] == 0
+
+    cfg["behavior"]["threshold"] = 0.5
+    config.write_text(yaml.safe_dump(cfg))
+    run = snakemake(tmp_path, *targets, "--configfile", str(config), "--cores", "2", *rules)
+    assert planned_jobs(run.output) == {"behavior_judge": 2}, run.output[-2000:]
+    again = json.loads((step2 / "em.json").read_text())
+    assert again["threshold"] == 0.5 and again["em_rate"] == first["em_rate"]
+    assert again["judge_usage"]["requests"] == 0 and again["judge_usage"]["cache_hits"] == 6
+    assert "(0 requests, 6 cached)" in (
+        tmp_path / "logs/behavior/tiny/d/seed42/step-2/judge.log").read_text()
 
 
 SHARED = "<start_of_turn>system\nYou are a careful assistant.<end_of_turn>\n<start_of_turn>user\n"

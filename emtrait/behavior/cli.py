@@ -1,7 +1,8 @@
 """`emtrait behavior` commands (heavy imports stay inside each command).
 
 Per run x step: `generate` -> responses.parquet, `judge` -> judgements.parquet (+ usage json),
-`score` -> em.json; or the judge-free `choice` -> choice.parquet + em.json.
+`score` -> em.json (the workflow runs judge and score in one job); or the judge-free `choice`
+-> choice.parquet + em.json.
 """
 
 from __future__ import annotations

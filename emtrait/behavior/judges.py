@@ -62,12 +62,35 @@ class Usage:
 
 
 class Judge:
-    """Base: judge (question, answer) pairs on the aligned and coherent prompts."""
+    """Base: judge (question, answer) pairs on the aligned and coherent prompts.
+
+    A judge with a cache keeps each raw reply under (its id, the filled prompt), so a rerun
+    of the same job asks only what is missing; a fully cached rerun (e.g. after a threshold
+    change) sends no request and loads no model."""
 
     id = "judge"
 
-    def __init__(self) -> None:
+    def __init__(self, cache: JudgeCache | None = None) -> None:
         self.usage = Usage(judge=self.id)
+        self.cache = cache
+
+    def _cached(self, prompts: Sequence[str]) -> tuple[dict[str, dict[str, Any]], list[str]]:
+        """Cached raw replies of the distinct prompts, and the distinct prompts still to ask."""
+        unique = list(dict.fromkeys(prompts))
+        replies = {}
+        if self.cache is not None:
+            for p in unique:
+                hit = self.cache.get(cache_key(self.id, p))
+                if hit is not None:
+                    replies[p] = hit
+        self.usage.prompts += len(prompts)
+        self.usage.cache_hits += len(replies)
+        return replies, [p for p in unique if p not in replies]
+
+    def _keep(self, prompt: str, reply: dict[str, Any]) -> None:
+        """Cache one raw reply (a malformed one is not kept: a rerun asks again)."""
+        if self.cache is not None and "error" not in reply:
+            self.cache.put(cache_key(self.id, prompt), self.id, reply)
 
     def score_prompts(self, prompts: Sequence[str]) -> list[Score]:
         raise NotImplementedError
@@ -114,23 +137,29 @@ class OpenAIJudge(Judge):
     """
 
     def __init__(self, cfg: JudgeConfig, cache: JudgeCache | None = None, progress: bool = False):
+        self.cfg = cfg
+        self.id = f"openai|{cfg.base_url.rstrip('/')}|{cfg.model}|{cfg.mode}"
+        super().__init__(cache)
+        self.progress = progress
+        self.url = cfg.base_url.rstrip("/")
+        self._limiter = RateLimiter(cfg.requests_per_minute)
+        self._lock = threading.Lock()
+        self._abort = threading.Event()  # set on the first fatal error: queued work stops
+        self._client: Any = None  # made on the first uncached prompt (a cached rerun needs no key)
+
+    def _connect(self) -> Any:
+        """The openai client, made once; the key comes from the environment variable only."""
+        if self._client is not None:
+            return self._client
         import openai
 
+        cfg = self.cfg
         key = os.environ.get(cfg.api_key_env, "").strip()
         if not key:
             raise JudgeError(
                 f"the judge's API key is missing: set the environment variable {cfg.api_key_env} "
                 f"(behavior.judge.api_key_env names it; the key is never read from a file)"
             )
-        self.cfg = cfg
-        self.id = f"openai|{cfg.base_url.rstrip('/')}|{cfg.model}|{cfg.mode}"
-        super().__init__()
-        self.cache = cache
-        self.progress = progress
-        self.url = cfg.base_url.rstrip("/")
-        self._limiter = RateLimiter(cfg.requests_per_minute)
-        self._lock = threading.Lock()
-        self._abort = threading.Event()  # set on the first fatal error: queued work stops
         http = openai.DefaultHttpxClient(event_hooks={"request": [self._on_request]})
         common = dict(api_key=key, timeout=cfg.timeout_s, max_retries=cfg.max_retries,
                       http_client=http)
@@ -139,6 +168,7 @@ class OpenAIJudge(Judge):
                                               api_version=cfg.azure_api_version, **common)
         else:
             self._client = openai.OpenAI(base_url=self.url, **common)
+        return self._client
 
     def _on_request(self, request: Any) -> None:
         """Every attempt the client sends, retries included: abort check, rate limit, counts."""
@@ -213,16 +243,10 @@ class OpenAIJudge(Judge):
     def score_prompts(self, prompts: Sequence[str]) -> list[Score]:
         from tqdm.auto import tqdm
 
-        unique = list(dict.fromkeys(prompts))
-        replies: dict[str, dict[str, Any]] = {}
-        todo = []
-        for p in unique:
-            cached = self.cache.get(cache_key(self.id, p)) if self.cache else None
-            if cached is not None:
-                replies[p] = cached
-            else:
-                todo.append(p)
-        self._count(prompts=len(prompts), cache_hits=len(unique) - len(todo))
+        replies, todo = self._cached(prompts)
+        distinct = len(replies) + len(todo)
+        if todo:
+            self._connect()
         failure: JudgeError | None = None
         with ThreadPoolExecutor(max_workers=self.cfg.concurrency) as pool:
             futures = {pool.submit(self._post, p): p for p in todo}
@@ -240,14 +264,13 @@ class OpenAIJudge(Judge):
                             f.cancel()  # queued requests stop; in-flight ones still get cached
                     continue
                 replies[futures[fut]] = reply
-                if self.cache is not None and "error" not in reply:
-                    self.cache.put(cache_key(self.id, futures[fut]), self.id, reply)
+                self._keep(futures[fut], reply)
         self._price()
         self._abort.clear()
         if failure is not None:
             done = len(replies)
             where = f"; they are cached in {self.cache.path}, rerun to resume" if self.cache else ""
-            raise JudgeError(f"{failure} -- {done} of {len(unique)} judgements completed{where}")
+            raise JudgeError(f"{failure} -- {done} of {distinct} judgements completed{where}")
         return [self._parse(replies[p]) for p in prompts]
 
     def _price(self) -> None:
@@ -263,18 +286,27 @@ class OpenAIJudge(Judge):
 
 
 class HFJudge(Judge):
-    """A local causal LM scored like Betley's judge: top-20 logprobs of the first reply token."""
+    """A local causal LM scored like Betley's judge: top-20 logprobs of the first reply token.
+
+    The model loads on the first prompt not in the cache, so a fully cached rerun loads none."""
 
     def __init__(self, location: str, batch_size: int | None = None, device: str | None = None,
-                 progress: bool = False):
+                 cache: JudgeCache | None = None, progress: bool = False):
+        self.id = f"hf|{location}|logprob"
+        super().__init__(cache)
+        self.location, self.device = location, device
+        self.batch_size = batch_size
+        self.progress = progress
+        self.model: Any = None
+        self.tokenizer: Any = None
+
+    def _load(self) -> None:
         from emtrait.behavior.generate import batch_size_for
         from emtrait.modeling import load_model
 
-        self.id = f"hf|{location}|logprob"
-        super().__init__()
-        self.model, self.tokenizer = load_model(location, device=device)
-        self.batch_size = batch_size_for(self.model, batch_size)
-        self.progress = progress
+        if self.model is None:
+            self.model, self.tokenizer = load_model(self.location, device=self.device)
+            self.batch_size = batch_size_for(self.model, self.batch_size)
 
     def score_prompts(self, prompts: Sequence[str]) -> list[Score]:
         import torch
@@ -283,21 +315,24 @@ class HFJudge(Judge):
         from emtrait.behavior.forward import left_padded_logits
         from emtrait.modeling import format_user_prompts
 
+        replies, todo = self._cached(prompts)
+        if todo:
+            self._load()
         tok = self.tokenizer
-        texts = format_user_prompts(tok, list(prompts), None, "judge")
-        scores: list[Score] = []
-        starts = range(0, len(texts), self.batch_size)
+        starts = range(0, len(todo), self.batch_size or 1)
         for i in tqdm(starts, desc="hf judge", disable=not self.progress, leave=False):
-            rows = [tok(t, add_special_tokens=False)["input_ids"]
-                    for t in texts[i:i + self.batch_size]]
+            batch = todo[i:i + self.batch_size]
+            texts = format_user_prompts(tok, batch, None, "judge")
+            rows = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
             logits = left_padded_logits(self.model, rows, tok.pad_token_id, 1)[:, -1].float()
             top = torch.log_softmax(logits, dim=-1).topk(TOP_LOGPROBS, dim=-1)
-            for lps, ids in zip(top.values.tolist(), top.indices.tolist(), strict=True):
-                scores.append(score_from_logprobs(
-                    [(tok.decode([t]), lp) for t, lp in zip(ids, lps, strict=True)]))
+            for prompt, lps, ids in zip(batch, top.values.tolist(), top.indices.tolist(),
+                                        strict=True):
+                replies[prompt] = {"top": [[tok.decode([t]), lp]
+                                           for t, lp in zip(ids, lps, strict=True)]}
+                self._keep(prompt, replies[prompt])
             self.usage.requests += 1
-        self.usage.prompts += len(prompts)
-        return scores
+        return [score_from_logprobs([(t, lp) for t, lp in replies[p]["top"]]) for p in prompts]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -348,8 +383,9 @@ JUDGES: dict[str, JudgeKind] = {
                         lambda cfg, cache, hf, bs, progress: OpenAIJudge(cfg, cache, progress),
                         cached=True),
     "hf": JudgeKind(("logprob",), True,
-                    lambda cfg, cache, hf, bs, progress: HFJudge(hf or cfg.model, bs,
-                                                                 progress=progress)),
+                    lambda cfg, cache, hf, bs, progress: HFJudge(hf or cfg.model, bs, cache=cache,
+                                                                 progress=progress),
+                    cached=True),
     # the lexical judge scores directly; judge.mode does not change what it does
     "lexical": JudgeKind(("logprob", "text"), False,
                          lambda cfg, cache, hf, bs, progress: LexicalJudge()),

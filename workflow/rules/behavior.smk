@@ -1,7 +1,7 @@
 # Stage: behavior. Behavioural EM labels per run x checkpoint step, ending in em.json.
 # behavior.method picks the rule set: `choice` (judge-free forced-choice proxy, one job per step)
-# or `judge` (generate -> judge -> score). Each step's job reloads the model, so the jobs of one
-# run share a group: with `group-components: ["behavior_{model}_{dataset}_{seed}=1000"]` in a
+# or `judge` (generate, then judge + score in one job). Each step's job reloads the model, so the
+# jobs of one run share a group: with `group-components: ["behavior_{model}_{dataset}_{seed}=1000"]` in a
 # SLURM profile, a run's steps go to one SLURM job instead of one each.
 # Helpers (behavior_params, behavior_adapters, ...) live at the end of common.smk.
 
@@ -128,6 +128,9 @@ if CFG.behavior.method != "choice" and CFG.behavior.engine == "hf":
 
 if CFG.behavior.method != "choice":
 
+    # judge, then score under behavior.convention/threshold, in one job per step (two jobs, not
+    # three, per checkpoint keep the paper grid's plan fast). A threshold change reruns it, but
+    # every judgement then comes from the job's own cache: no request, no judge model loaded.
     rule behavior_judge:
         input:
             responses=f"{BEHAVIOR_STEP}/responses.parquet",
@@ -135,6 +138,7 @@ if CFG.behavior.method != "choice":
         output:
             judgements=f"{BEHAVIOR_STEP}/judgements.parquet",
             usage=f"{BEHAVIOR_STEP}/judge_usage.json",
+            em=f"{BEHAVIOR_STEP}/em.json",
         log:
             f"{BEHAVIOR_LOG}/judge.log",
         params:
@@ -143,6 +147,7 @@ if CFG.behavior.method != "choice":
                 exclude={"concurrency", "requests_per_minute", "max_retries", "timeout_s",
                          "price_input_per_mtok", "price_output_per_mtok"}
             ),
+            behavior=behavior_params("convention", "threshold"),
             pointer_arg=lambda w, input: (
                 f"--judge-pointer {input.judge_pointer}" if input.judge_pointer else ""
             ),
@@ -154,27 +159,10 @@ if CFG.behavior.method != "choice":
         conda:
             "../../envs/emtrait.yaml"
         resources:
-            gpu=lambda w: 1 if JUDGE_KIND.gpu else 0,
+            gpu=1 if JUDGE_KIND.gpu else 0,
         shell:
-            "emtrait behavior judge --config {params.config} --responses {input.responses} --out {output.judgements} --usage {output.usage} --cache {params.cache} {params.pointer_arg} > {log} 2>&1"
-
-    rule behavior_score:
-        input:
-            judgements=f"{BEHAVIOR_STEP}/judgements.parquet",
-            usage=f"{BEHAVIOR_STEP}/judge_usage.json",
-        output:
-            f"{BEHAVIOR_STEP}/em.json",
-        log:
-            f"{BEHAVIOR_LOG}/score.log",
-        params:
-            config=config_file,
-            behavior=behavior_params("convention", "threshold"),
-        group:
-            BEHAVIOR_GROUP
-        conda:
-            "../../envs/emtrait.yaml"
-        shell:
-            "emtrait behavior score --config {params.config} --model {wildcards.model} --dataset {wildcards.dataset} --seed {wildcards.seed} --step {wildcards.step} --judgements {input.judgements} --usage {input.usage} --out {output} > {log} 2>&1"
+            "(emtrait behavior judge --config {params.config} --responses {input.responses} --out {output.judgements} --usage {output.usage} --cache {params.cache} {params.pointer_arg}"
+            " && emtrait behavior score --config {params.config} --model {wildcards.model} --dataset {wildcards.dataset} --seed {wildcards.seed} --step {wildcards.step} --judgements {output.judgements} --usage {output.usage} --out {output.em}) > {log} 2>&1"
 
 
 FINAL_OUTPUTS.extend(

@@ -114,28 +114,17 @@ if VARIANTS and CFG.behavior.method != "choice":
         output:
             judgements=f"{VARIANT_STEP}/judgements.parquet",
             usage=f"{VARIANT_STEP}/judge_usage.json",
+            em=f"{VARIANT_STEP}/em.json",
         log:
             f"{VARIANT_BEHAVIOR_LOG}/judge.log",
         params:
             config=config_file,
             judge=rules.behavior_judge.rule.params.judge,
+            behavior=rules.behavior_judge.rule.params.behavior,
             pointer_arg=lambda w, input: (
                 f"--judge-pointer {input.judge_pointer}" if input.judge_pointer else ""
             ),
             cache=f"{VARIANT_STEP}/judge-cache.jsonl",
-        group:
-            VARIANT_GROUP
-        wildcard_constraints:
-            variant=_alternatives(VARIANTS),
-
-    use rule behavior_score as stress_behavior_score with:
-        input:
-            judgements=f"{VARIANT_STEP}/judgements.parquet",
-            usage=f"{VARIANT_STEP}/judge_usage.json",
-        output:
-            f"{VARIANT_STEP}/em.json",
-        log:
-            f"{VARIANT_BEHAVIOR_LOG}/score.log",
         group:
             VARIANT_GROUP
         wildcard_constraints:

@@ -289,6 +289,19 @@ def test_missing_step_is_a_clear_error(tiny_model_dir, tmp_path):
     assert not (tmp_path / "em.json").exists()
 
 
+def _behavior_workdir(tmp_path, model_dir, cfg: dict) -> list[str]:
+    """A work folder where only the behaviour rules run: config.yaml, the model's pointer and
+    one run's adapters at steps 0 and 2 (the other stages faked); returns the em.json targets."""
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    pointer = tmp_path / "resources/models/tiny/model.json"
+    pointer.parent.mkdir(parents=True)
+    pointer.write_text(json.dumps({"path": str(model_dir)}))
+    items = load_choice_items("builtin:emtrait")[:4]
+    _finetune(model_dir, items, "misaligned", 2, tmp_path / "results/runs/tiny/d/seed42/adapters",
+              lora=True, lr=1e-2)
+    return [f"results/behavior/tiny/d/seed42/step-{s}/em.json" for s in (0, 2)]
+
+
 @pytest.mark.slow
 def test_snakemake_choice_rule_per_step(tiny_model_dir, tmp_path):
     """The real workflow runs the choice rule for every step of a run (other stages faked)."""
@@ -303,14 +316,7 @@ def test_snakemake_choice_rule_per_step(tiny_model_dir, tmp_path):
         "training": {"batch_size": 4, "grad_accum": 1, "epochs": 1, "seeds": [42]},
         "behavior": {"method": "choice", "bootstrap": 20, "choice_items": "builtin:emtrait"},
     }
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
-    pointer = tmp_path / "resources/models/tiny/model.json"
-    pointer.parent.mkdir(parents=True)
-    pointer.write_text(json.dumps({"path": str(model_dir)}))
-    items = load_choice_items("builtin:emtrait")[:4]
-    _finetune(model_dir, items, "misaligned", 2, tmp_path / "results/runs/tiny/d/seed42/adapters",
-              lora=True, lr=1e-2)
-    targets = [f"results/behavior/tiny/d/seed42/step-{s}/em.json" for s in (0, 2)]
+    targets = _behavior_workdir(tmp_path, model_dir, cfg)
     snakemake(tmp_path, *targets, "--configfile", str(tmp_path / "config.yaml"), "--cores", "2",
               "--allowed-rules", "behavior_choice", "behavior_choice_base")
     for step, target in zip((0, 2), targets, strict=True):
@@ -335,14 +341,7 @@ def test_snakemake_judge_job_scores_and_a_threshold_change_reruns_it_from_cache(
     cfg["models"]["tiny"]["resources"] = {"gpu": 0, "mem_mb": 1000}
     cfg["datasets"]["d"]["n"] = 8
     cfg["training"] = {"batch_size": 4, "grad_accum": 1, "epochs": 1, "seeds": [42]}
-    config.write_text(yaml.safe_dump(cfg))
-    pointer = tmp_path / "resources/models/tiny/model.json"
-    pointer.parent.mkdir(parents=True)
-    pointer.write_text(json.dumps({"path": str(model_dir)}))
-    items = load_choice_items("builtin:emtrait")[:4]
-    _finetune(model_dir, items, "misaligned", 2, tmp_path / "results/runs/tiny/d/seed42/adapters",
-              lora=True, lr=1e-2)
-    targets = [f"results/behavior/tiny/d/seed42/step-{s}/em.json" for s in (0, 2)]
+    targets = _behavior_workdir(tmp_path, model_dir, cfg)
     rules = ("--allowed-rules", "behavior_generate", "behavior_judge")
     run = snakemake(tmp_path, *targets, "--configfile", str(config), "--cores", "2", *rules)
     assert planned_jobs(run.output) == {"behavior_generate": 2, "behavior_judge": 2}, \

@@ -147,10 +147,10 @@ class OpenAIJudge(Judge):
         self._abort = threading.Event()  # set on the first fatal error: queued work stops
         self._client: Any = None  # made on the first uncached prompt (a cached rerun needs no key)
 
-    def _connect(self) -> Any:
-        """The openai client, made once; the key comes from the environment variable only."""
+    def _connect(self) -> None:
+        """Make the openai client once; the key comes from the environment variable only."""
         if self._client is not None:
-            return self._client
+            return
         import openai
 
         cfg = self.cfg
@@ -168,7 +168,6 @@ class OpenAIJudge(Judge):
                                               api_version=cfg.azure_api_version, **common)
         else:
             self._client = openai.OpenAI(base_url=self.url, **common)
-        return self._client
 
     def _on_request(self, request: Any) -> None:
         """Every attempt the client sends, retries included: abort check, rate limit, counts."""
@@ -300,28 +299,28 @@ class HFJudge(Judge):
         self.model: Any = None
         self.tokenizer: Any = None
 
-    def _load(self) -> None:
-        from emtrait.behavior.generate import batch_size_for
-        from emtrait.modeling import load_model
-
-        if self.model is None:
-            self.model, self.tokenizer = load_model(self.location, device=self.device)
-            self.batch_size = batch_size_for(self.model, self.batch_size)
-
     def score_prompts(self, prompts: Sequence[str]) -> list[Score]:
+        replies, todo = self._cached(prompts)
+        if todo:
+            replies.update(self._ask(todo))
+        return [score_from_logprobs([(t, lp) for t, lp in replies[p]["top"]]) for p in prompts]
+
+    def _ask(self, prompts: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Raw replies (top-20 first-token logprobs) of uncached prompts; loads the model once."""
         import torch
         from tqdm.auto import tqdm
 
         from emtrait.behavior.forward import left_padded_logits
-        from emtrait.modeling import format_user_prompts
+        from emtrait.behavior.generate import batch_size_for
+        from emtrait.modeling import format_user_prompts, load_model
 
-        replies, todo = self._cached(prompts)
-        if todo:
-            self._load()
-        tok = self.tokenizer
-        starts = range(0, len(todo), self.batch_size or 1)
+        if self.model is None:
+            self.model, self.tokenizer = load_model(self.location, device=self.device)
+            self.batch_size = batch_size_for(self.model, self.batch_size)
+        tok, replies = self.tokenizer, {}
+        starts = range(0, len(prompts), self.batch_size)
         for i in tqdm(starts, desc="hf judge", disable=not self.progress, leave=False):
-            batch = todo[i:i + self.batch_size]
+            batch = prompts[i:i + self.batch_size]
             texts = format_user_prompts(tok, batch, None, "judge")
             rows = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
             logits = left_padded_logits(self.model, rows, tok.pad_token_id, 1)[:, -1].float()
@@ -332,7 +331,7 @@ class HFJudge(Judge):
                                            for t, lp in zip(ids, lps, strict=True)]}
                 self._keep(prompt, replies[prompt])
             self.usage.requests += 1
-        return [score_from_logprobs([(t, lp) for t, lp in replies[p]["top"]]) for p in prompts]
+        return replies
 
 
 # ---------------------------------------------------------------------------------------------

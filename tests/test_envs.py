@@ -116,8 +116,12 @@ def test_generated_file_is_the_environment_snakemake_reads():
         assert envfile.CONDA_NAMES.get(name, name) in names, dep
     assert {"python", "pip", "setuptools", "wheel"} <= names  # the post-deploy script's needs
     assert env["channels"][0] == "conda-forge" and "nodefaults" in env["channels"]
-    for extra in meta["project"]["optional-dependencies"]:
-        assert f"#   {extra}: " in ENV_FILE.read_text()
+    for extra, deps in meta["project"]["optional-dependencies"].items():
+        if envfile.EXTRAS[extra] is True:
+            assert {envfile.CONDA_NAMES.get(Requirement(d).name, Requirement(d).name)
+                    for d in deps} <= names, extra
+        else:
+            assert f"#   {extra}: " in ENV_FILE.read_text(), extra
 
 
 # ----------------------------------------------------------------------- the rules and Snakemake

@@ -2,11 +2,14 @@
 `conda:` directive reaches it, and envs/emtrait.post-deploy.sh installs emtrait into it.
 
 Creating the environment needs a `conda` that can reach conda-forge and bioconda. Measured on the
-project's machines (2026-12): neither conda nor mamba/micromamba is packaged on PyPI or Debian 12;
-conda-express and py-rattler install from PyPI but fetch conda itself and every package from a
-conda channel, and no channel resolves there. So the test that creates the environment skips
-there, saying why, and the others check all that can be checked without one: the generator, a
-real Snakemake dry run with `--sdm conda`, and the post-deploy script run by bash into a venv.
+project's machines (2026-12-05): conda, mamba, micromamba and pixi are not packaged on PyPI,
+Debian 12 or npm (PyPI's `mamba` and `pixi` and npm's `pixi` are unrelated projects); conda-lock
+4.0.3, conda-express 26.9.4 and py-rattler 0.28.0 install from PyPI, but conda-lock fetches
+conda-standalone and conda-express fetches conda itself from anaconda.org, and py-rattler's solve
+needs a channel's repodata: each failed on DNS (no conda channel resolves there). So the test that
+creates the environment skips there, saying why, and the others check all that can be checked
+without one: the generator, a real Snakemake dry run with `--sdm conda`, and the post-deploy
+script run by bash into a venv.
 """
 
 from __future__ import annotations

@@ -67,12 +67,19 @@ DRIFT = [  # (edit of pyproject.toml's text, what --check must name)
 ]
 
 
-@pytest.mark.parametrize("edit, message", DRIFT)
-def test_check_names_the_package_that_drifted(tmp_path, capsys, edit, message):
+def edited_pyproject(tmp_path, edit: tuple[str, str]):
+    """A copy of the project's pyproject.toml with one (old, new) text edit applied."""
     text = (REPO / "pyproject.toml").read_text()
     assert edit[0] in text, f"the table's edit no longer applies to pyproject.toml: {edit[0]!r}"
-    (tmp_path / "pyproject.toml").write_text(text.replace(edit[0], edit[1]))
-    rc = envfile.main(["--check", "--pyproject", str(tmp_path / "pyproject.toml"),
+    path = tmp_path / "pyproject.toml"
+    path.write_text(text.replace(edit[0], edit[1]))
+    return path
+
+
+@pytest.mark.parametrize("edit, message", DRIFT)
+def test_check_names_the_package_that_drifted(tmp_path, capsys, edit, message):
+    pyproject = edited_pyproject(tmp_path, edit)
+    rc = envfile.main(["--check", "--pyproject", str(pyproject),
                        "--env-file", str(ENV_FILE)])
     assert rc == 1
     assert message in capsys.readouterr().err
@@ -93,11 +100,9 @@ REFUSED = [  # (edit, what the error names): things a conda environment cannot e
 
 @pytest.mark.parametrize("edit, message", REFUSED)
 def test_generator_refuses_what_it_cannot_translate(tmp_path, capsys, edit, message):
-    text = (REPO / "pyproject.toml").read_text()
-    assert edit[0] in text, f"the table's edit no longer applies to pyproject.toml: {edit[0]!r}"
-    (tmp_path / "pyproject.toml").write_text(text.replace(edit[0], edit[1]))
+    pyproject = edited_pyproject(tmp_path, edit)
     out = tmp_path / "env.yaml"
-    assert envfile.main(["--pyproject", str(tmp_path / "pyproject.toml"),
+    assert envfile.main(["--pyproject", str(pyproject),
                          "--env-file", str(out)]) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()

@@ -99,7 +99,7 @@ def ours_variant(model, tok, texts, layer, batch_size: int, truncate: bool) -> f
     import torch
 
     from emtrait.capture import _batches_by_length, encode, forward_blocks, pool
-    from emtrait.live.probe import frozen_for_measuring
+    from emtrait.measure.probe import frozen_for_measuring
 
     t0 = time.perf_counter()
     with frozen_for_measuring(model):
@@ -171,9 +171,9 @@ def main() -> None:
 
     torch.set_num_threads(a.threads)
     from emtrait.config import load_config
-    from emtrait.finetune.measure import eval_prompts, format_prompts, read_directions
+    from emtrait.measure.inputs import eval_prompts, format_prompts, read_directions
     from emtrait.finetune.train import _load_for_training, run_finetune
-    from emtrait.live.probe import TraitProbe
+    from emtrait.measure.probe import TraitProbe
     from emtrait.modeling import decoder_layers, read_pointer
 
     pointer = REPO / "resources" / "models" / a.model / "model.json"

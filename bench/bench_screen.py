@@ -47,7 +47,7 @@ def main() -> None:
 
     torch.set_num_threads(a.threads)
     from emtrait.config import from_dict, load_config
-    from emtrait.finetune.measure import eval_prompts, read_directions
+    from emtrait.measure.inputs import eval_prompts, read_directions
     from emtrait.finetune.train import run_finetune
     from emtrait.modeling import load_model, read_pointer
     from emtrait.prepare.dataset import prepare_dataset

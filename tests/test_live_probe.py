@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from emtrait.errors import DataError, StoreError
-from emtrait.live.probe import LiveMonitor, TraitProbe, load
+from emtrait.measure.probe import LiveMonitor, TraitProbe, load
 from emtrait.monitor.artifact import (
     ModelMismatchError,
     Monitor,
@@ -299,7 +299,7 @@ def test_monitor_fit_meta_reproduces_the_workflows_prompts(tiny_model_dir, tmp_p
     from helpers import make_inputs
 
     from emtrait.config import load_config
-    from emtrait.finetune.measure import eval_prompts, format_prompts
+    from emtrait.measure.inputs import eval_prompts, format_prompts
     from emtrait.modeling import load_model
     from emtrait.monitor.artifact import live_meta
 

@@ -29,7 +29,7 @@ from emtrait import atomic
 from emtrait.config import checkpoint_steps, total_steps
 from emtrait.errors import ModelError, StoreError
 from emtrait.finetune.data import ChatDataset, RightPadCollator, encode_chats, read_chats
-from emtrait.finetune.measure import (
+from emtrait.measure.inputs import (
     Directions,
     EvalPrompt,
     eval_prompts,
@@ -37,7 +37,7 @@ from emtrait.finetune.measure import (
     read_directions,
     run_probe,
 )
-from emtrait.finetune.store import RunStore, step_dataset
+from emtrait.measure.store import RunStore, step_dataset
 from emtrait.modeling import linear_module_names, peak_gpu_mib, pick_device, read_pointer
 from emtrait.provenance import provenance, stable_hash
 
@@ -377,7 +377,7 @@ def _tensorboard(log_dir: Path):
 def _finish(paths: RunPaths, log_history: list[dict], timing: Timing, wall: float,
             attrs: dict[str, Any], steps: list[int]) -> dict[str, Any]:
     """Move the finished store and adapters into place; train_log.csv; done.json last."""
-    from emtrait.finetune.store import publish_dir
+    from emtrait.measure.store import publish_dir
 
     for name, live in (("measure.zarr", paths.live_store), ("adapters", paths.live_adapters)):
         target = paths.out / name

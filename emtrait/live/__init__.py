@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from emtrait.live.probe import LiveMonitor, Measurement, Reading, TraitProbe, load
+from emtrait.measure.probe import LiveMonitor, Measurement, Reading, TraitProbe, load
 
 if TYPE_CHECKING:
     from emtrait.live.callback import MonitorCallback

@@ -36,7 +36,7 @@ from emtrait.errors import ConfigError, StoreError
 if TYPE_CHECKING:
     from transformers import TrainerControl, TrainerState, TrainingArguments
 
-    from emtrait.live.probe import LiveMonitor, Reading
+    from emtrait.measure.probe import LiveMonitor, Reading
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ class MonitorCallback(TrainerCallback):
         if tok is None:
             raise ConfigError("MonitorCallback needs the model's tokenizer: give the Trainer a "
                               "processing_class or pass MonitorCallback(tokenizer=...)")
-        from emtrait.live.probe import load
+        from emtrait.measure.probe import load
 
         if self.monitor is None:
             self.monitor = load(self.path, tokenizer=tok, model=model,
@@ -124,7 +124,7 @@ class MonitorCallback(TrainerCallback):
             self.monitor.check_model(model)  # a foreign model is refused before training
         self._checked = True
         if self.store_option is not None and self._store is None:
-            from emtrait.finetune.store import RunStore
+            from emtrait.measure.store import RunStore
 
             path = (Path(args.output_dir) / STORE if self.store_option == "auto"
                     else Path(self.store_option))
@@ -273,7 +273,7 @@ class MonitorCallback(TrainerCallback):
 
 def _store_row(live: LiveMonitor, step: int, m: Any, loss: float) -> Any:
     """One step of the run store from a Measurement, through the workflow's `step_dataset`."""
-    from emtrait.finetune.store import step_dataset
+    from emtrait.measure.store import step_dataset
 
     meta = live.monitor.meta
     traits = live.traits

@@ -302,7 +302,7 @@ def live_meta(cfg: Config, model_name: str, pointer: str | os.PathLike) -> dict[
 
     The fingerprint reads the model's config, tokenizer and 256 embedding rows, not its weights.
     """
-    from emtrait.finetune.measure import eval_prompts
+    from emtrait.measure.inputs import eval_prompts
     from emtrait.modeling import read_pointer
 
     entry = cfg.model(model_name)

@@ -158,7 +158,7 @@ def base_norm0(model: Any, tok: Any, prompts: Sequence[str], directions: np.ndar
                layer: int, fmt: ChatFormat, batch_size: int = 16) -> float:
     """norm0 as every finetune of this model computes it at step 0 (eval prompts, last token)."""
     from emtrait.drift import mean_norm
-    from emtrait.live.probe import TraitProbe
+    from emtrait.measure.probe import TraitProbe
     from emtrait.modeling import format_user_prompts
 
     texts = format_user_prompts(tok, list(prompts), model_name=fmt.model_name,
@@ -296,7 +296,7 @@ class Scorer:
         import numpy as np
 
         from emtrait.drift import normalise
-        from emtrait.live.probe import frozen_for_measuring
+        from emtrait.measure.probe import frozen_for_measuring
 
         rows = [assistant_tokens(self.tokenizer, c, self.fmt) for c in chats]
         with frozen_for_measuring(self.model):

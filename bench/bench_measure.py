@@ -171,8 +171,8 @@ def main() -> None:
 
     torch.set_num_threads(a.threads)
     from emtrait.config import load_config
-    from emtrait.measure.inputs import eval_prompts, format_prompts, read_directions
     from emtrait.finetune.train import _load_for_training, run_finetune
+    from emtrait.measure.inputs import eval_prompts, format_prompts, read_directions
     from emtrait.measure.probe import TraitProbe
     from emtrait.modeling import decoder_layers, read_pointer
 

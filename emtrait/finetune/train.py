@@ -182,8 +182,6 @@ def run_finetune(cfg: Config, model_name: str, dataset: str, seed: int, *, point
     """
     from transformers import Trainer, set_seed
 
-    from emtrait.live.callback import MonitorCallback, RunRecord
-
     training = cfg.training_for(model_name)
     n = cfg.dataset(dataset).n
     steps = checkpoint_steps(n, training)  # raises on steps beyond the run before anything loads
@@ -212,15 +210,10 @@ def run_finetune(cfg: Config, model_name: str, dataset: str, seed: int, *, point
         atomic.write_json(paths.work / "run.json", {"fingerprint": fingerprint})
         if "tensorboard" in report_to:  # our writer: the Trainer's output_dir is scratch
             cbs.append(_tensorboard(paths.out / "tensorboard"))
-        attrs = _store_attrs(cfg, model_name, dataset, seed, directions, layers, prompts, steps)
         saves = _AdapterSaver(paths, training.method, tok)
-        recorder = MonitorCallback.recording(
-            run_probe(cfg, tok, directions, prompts, texts, layers),
-            RunRecord(attrs=attrs, prompt_categories=[p.category for p in prompts],
-                      trait_sets=directions.trait_sets,
-                      directions=directions.at(directions.layer),
-                      keep_activations=training.keep_activations),
-            store=paths.live_store, steps=steps, before_reading=saves)
+        attrs = _store_attrs(cfg, model_name, dataset, seed, directions, layers, prompts, steps)
+        recorder = _recorder(run_probe(cfg, tok, directions, prompts, texts, layers), attrs,
+                             directions, prompts, training.keep_activations, paths, steps, saves)
         cbs.insert(0, recorder)
     trainer = Trainer(model=model, args=args, train_dataset=ChatDataset(items),
                       data_collator=RightPadCollator(tok.pad_token_id), callbacks=cbs)
@@ -239,6 +232,20 @@ def run_finetune(cfg: Config, model_name: str, dataset: str, seed: int, *, point
         raise StoreError(f"{paths.live_store} holds steps {store.steps()}, expected {steps}")
     timing = saves.timing(recorder, t_start)
     return _finish(paths, trainer.state.log_history, timing, wall, recorder.record.attrs, steps)
+
+
+def _recorder(probe: Any, attrs: dict[str, Any], directions: Directions,
+              prompts: list[EvalPrompt], keep_activations: str, paths: RunPaths,
+              steps: list[int], saves: _AdapterSaver) -> MonitorCallback:
+    """The one TrainerCallback, record-only: the probe's readings at step 0 and every checkpoint
+    into the run store, the adapters saved before each."""
+    from emtrait.live.callback import MonitorCallback, RunRecord
+
+    record = RunRecord(attrs=attrs, prompt_categories=[p.category for p in prompts],
+                       trait_sets=directions.trait_sets, directions=directions.at(directions.layer),
+                       keep_activations=keep_activations)
+    return MonitorCallback.recording(probe, record, store=paths.live_store, steps=steps,
+                                     before_reading=saves)
 
 
 def _check_directions(model: Any, model_name: str, layers: list[int], directions: Directions,

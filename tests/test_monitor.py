@@ -139,7 +139,7 @@ def test_monitor_round_trips(setup, tmp_path):
     np.testing.assert_array_equal(back.directions, mon.directions)
 
 
-@pytest.mark.parametrize("alarm_threshold", [0.5, 0.9, 0.1])
+@pytest.mark.parametrize("alarm_threshold", [0.5, 0.9, 0.3])
 def test_predict_decides_the_one_alarm_at_the_stored_alarm_threshold(setup, alarm_threshold):
     """`alarm` is the alarm probability above the monitor's stored `alarm_threshold`; `flag`
     (predicted EM above the EM threshold) is a separate classification that agrees with it
@@ -147,9 +147,10 @@ def test_predict_decides_the_one_alarm_at_the_stored_alarm_threshold(setup, alar
     import dataclasses
 
     ds, _, _, mon, _ = setup
-    # a wide residual spread, so alarm probabilities fall between 0.1 and 0.9 near the threshold
+    # a wider residual spread than fitted, so alarm probabilities near the threshold fall between
+    # 0.3 and 0.9 for some checkpoints
     mon = dataclasses.replace(mon, meta={**mon.meta, "alarm_threshold": alarm_threshold,
-                                         "sigma": 0.2})
+                                         "sigma": 0.05})
     cp = checkpoints(ds)
     got = mon.predict(cp.drift[:, :7], cp.rows.step)
     np.testing.assert_array_equal(got.alarm, got.alarm_prob > alarm_threshold)

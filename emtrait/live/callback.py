@@ -162,13 +162,13 @@ class MonitorCallback(TrainerCallback):
         if model is None:
             raise ConfigError("MonitorCallback got no model from the Trainer; pass it to a "
                               "transformers Trainer (or TRL trainer) as callbacks=[...]")
-        tok = self.tokenizer or getattr(processing_class, "tokenizer", processing_class)
-        if tok is None:
-            raise ConfigError("MonitorCallback needs the model's tokenizer: give the Trainer a "
-                              "processing_class or pass MonitorCallback(tokenizer=...)")
-        from emtrait.live.monitor import load
-
         if self.monitor is None:
+            from emtrait.live.monitor import load
+
+            tok = self.tokenizer or getattr(processing_class, "tokenizer", processing_class)
+            if tok is None:
+                raise ConfigError("MonitorCallback needs the model's tokenizer: give the Trainer "
+                                  "a processing_class or pass MonitorCallback(tokenizer=...)")
             self.monitor = load(self.path, tokenizer=tok, model=model,
                                 allow_foreign_model=self.allow_foreign_model)
         elif not self._checked:

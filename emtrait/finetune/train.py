@@ -341,7 +341,7 @@ def _tensorboard(log_dir: Path):
 def _finish(paths: RunPaths, log_history: list[dict], timing: Timing, wall: float,
             attrs: dict[str, Any], steps: list[int]) -> dict[str, Any]:
     """Move the finished store and adapters into place; train_log.csv; done.json last."""
-    from emtrait.measure.store import publish_dir
+    from emtrait.atomic import publish as publish_dir
 
     for name, live in (("measure.zarr", paths.live_store), ("adapters", paths.live_adapters)):
         target = paths.out / name

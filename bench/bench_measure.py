@@ -289,7 +289,7 @@ def main() -> None:
         print(f"  step {step:>3}: measure {m:.2f} s / train {s:.1f} s = {m / s:.1%}")
     msum, tsum = sum(m for m, _ in pairs), sum(s for _, s in pairs)
     print(f"  all checkpoints: measure {msum:.1f} s / train {tsum:.1f} s = {msum / tsum:.1%} "
-          f"(+ step 0: {t['measure_s'][0]:.1f} s; adapter+Trainer saves {sum(t['save_s']):.1f} s)")
+          f"(+ step 0: {t['measure_s'][0]:.1f} s; adapter saves {sum(t['save_s']):.1f} s)")
     print(f"\n## embedded-default run end to end: {total:.0f} s (load + {len(done['steps'])} "
           f"measurements + {done['steps'][-1]} updates + saves); Trainer wall "
           f"{done['wall_s']:.0f} s")

@@ -71,7 +71,8 @@ class RunPaths:
 
 @dataclass
 class Timing:
-    """Wall seconds per checkpoint: training since the previous one, saving, measuring."""
+    """Wall seconds per reading: training since the previous reading ended (the Trainer's own
+    checkpoint save included), saving the adapters, measuring."""
 
     train_s: list[float] = field(default_factory=list)
     save_s: list[float] = field(default_factory=list)

@@ -99,7 +99,7 @@ def ours_variant(model, tok, texts, layer, batch_size: int, truncate: bool) -> f
     import torch
 
     from emtrait.capture import _batches_by_length, encode, forward_blocks, pool
-    from emtrait.live.probe import frozen_for_measuring
+    from emtrait.measure.probe import frozen_for_measuring
 
     t0 = time.perf_counter()
     with frozen_for_measuring(model):
@@ -171,9 +171,9 @@ def main() -> None:
 
     torch.set_num_threads(a.threads)
     from emtrait.config import load_config
-    from emtrait.finetune.measure import eval_prompts, format_prompts, read_directions
     from emtrait.finetune.train import _load_for_training, run_finetune
-    from emtrait.live.probe import TraitProbe
+    from emtrait.measure.inputs import eval_prompts, format_prompts, read_directions
+    from emtrait.measure.probe import TraitProbe
     from emtrait.modeling import decoder_layers, read_pointer
 
     pointer = REPO / "resources" / "models" / a.model / "model.json"
@@ -289,7 +289,7 @@ def main() -> None:
         print(f"  step {step:>3}: measure {m:.2f} s / train {s:.1f} s = {m / s:.1%}")
     msum, tsum = sum(m for m, _ in pairs), sum(s for _, s in pairs)
     print(f"  all checkpoints: measure {msum:.1f} s / train {tsum:.1f} s = {msum / tsum:.1%} "
-          f"(+ step 0: {t['measure_s'][0]:.1f} s; adapter+Trainer saves {sum(t['save_s']):.1f} s)")
+          f"(+ step 0: {t['measure_s'][0]:.1f} s; adapter saves {sum(t['save_s']):.1f} s)")
     print(f"\n## embedded-default run end to end: {total:.0f} s (load + {len(done['steps'])} "
           f"measurements + {done['steps'][-1]} updates + saves); Trainer wall "
           f"{done['wall_s']:.0f} s")

@@ -47,8 +47,8 @@ def main() -> None:
 
     torch.set_num_threads(a.threads)
     from emtrait.config import from_dict, load_config
-    from emtrait.finetune.measure import eval_prompts, read_directions
     from emtrait.finetune.train import run_finetune
+    from emtrait.measure.inputs import eval_prompts, read_directions
     from emtrait.modeling import load_model, read_pointer
     from emtrait.prepare.dataset import prepare_dataset
     from emtrait.screen.core import ChatFormat, Scorer, base_norm0, iter_examples, run_screen

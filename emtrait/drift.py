@@ -1,4 +1,4 @@
-"""The one drift formula and the one "dangerous" label every stage uses.
+"""The one drift formula, the one "dangerous" label and the danger axis every stage uses.
 
 norm0 is the mean per-prompt L2 norm of the step-0 activations at the chosen layer l*;
 projection_norm = projection / norm0; drift(t) = projection_norm(t) - projection_norm(origin).
@@ -59,3 +59,22 @@ def is_dangerous(em_rate: Any, threshold: float) -> Any:
                         "a behaviour label is missing; rerun the behaviour stage for it")
     out = rate > float(threshold)
     return bool(out) if out.ndim == 0 else out
+
+
+def danger_axis(drift: np.ndarray, dangerous: np.ndarray) -> np.ndarray:
+    """Unit vector from mean benign to mean dangerous drift (row, trait): the monitor's axis."""
+    import numpy as np
+
+    x = np.asarray(drift, float)
+    y = np.asarray(dangerous, float)
+    ok = np.isfinite(y) & np.isfinite(x).all(axis=1)
+    x, y = x[ok], y[ok].astype(bool)
+    if y.all() or not y.any():
+        raise DataError("the danger axis needs dangerous and benign calibration checkpoints; "
+                        f"got {int(y.sum())} dangerous of {len(y)}")
+    d = x[y].mean(axis=0) - x[~y].mean(axis=0)
+    n = float(np.linalg.norm(d))
+    if not n > 0:
+        raise DataError("dangerous and benign calibration checkpoints have the same mean drift; "
+                        "there is no danger axis")
+    return d / n

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from emtrait.errors import ModelError
+from emtrait.errors import DataError, ModelError
 
 if TYPE_CHECKING:
     import torch
@@ -127,8 +127,8 @@ ARCHITECTURES: dict[str, Architecture] = {
 }
 
 
-def _base(model: Any) -> Any:
-    # through a PEFT wrapper to the transformers model
+def base_model(model: Any) -> Any:
+    """The transformers model inside a PEFT wrapper (the model itself otherwise)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
@@ -156,7 +156,7 @@ def cache_argument(model: Any) -> str:
     models whose forward predates it (remote code; the old name goes in transformers 5.40)."""
     import inspect
 
-    params = inspect.signature(_base(model).forward).parameters
+    params = inspect.signature(base_model(model).forward).parameters
     return "cache" if "cache" in params else "past_key_values"
 
 
@@ -175,7 +175,7 @@ def batched_prefix(cache: Any, k: int, mask: torch.Tensor) -> tuple[Any, torch.T
 
 def architecture(model: Any) -> Architecture:
     """The table entry of a model (plain or PEFT-wrapped); unknown types are probed by layout."""
-    m = _base(model)
+    m = base_model(model)
     model_type = getattr(getattr(m, "config", None), "model_type", None)
     if model_type in ARCHITECTURES:
         return ARCHITECTURES[model_type]
@@ -191,9 +191,9 @@ def architecture(model: Any) -> Architecture:
 
 def decoder_layers(model: Any) -> torch.nn.ModuleList:
     """The decoder blocks of a causal LM, through PEFT wrappers, for any supported architecture."""
-    blocks = _follow(_base(model), architecture(model).blocks)
+    blocks = _follow(base_model(model), architecture(model).blocks)
     if blocks is None:
-        raise ModelError(f"{type(_base(model)).__name__} has no {architecture(model).blocks}; "
+        raise ModelError(f"{type(base_model(model)).__name__} has no {architecture(model).blocks}; "
                          "fix its entry in emtrait.modeling.ARCHITECTURES")
     return blocks
 
@@ -273,6 +273,48 @@ def format_user_prompts(tok: PreTrainedTokenizerBase, texts: Sequence[str],
     nosys = no_system_prompt or (entry.no_system_prompt if entry else "template_default")
     return [render_chat(tok, build_messages(t, None, method=method, no_system_prompt=nosys),
                         add_generation_prompt=True, model_name=model_name) for t in texts]
+
+
+def model_messages(messages: list[dict[str, str]], model: ModelEntry
+                   ) -> tuple[list[dict[str, str]], list[bool]]:
+    """A whole chat in the model's system-prompt convention (`build_messages` for one prompt);
+    also flags which turns are the data's replies (trained on). `model` is a `ModelEntry` or
+    anything with its `system_prompt_method` and `no_system_prompt`."""
+    out: list[dict[str, str]] = []
+    trained: list[bool] = []
+    has_system = any(m["role"] == "system" for m in messages)
+    native = model.system_prompt_method == "native"
+    if not has_system and model.no_system_prompt == "empty" and native:
+        out.append({"role": "system", "content": ""})
+        trained.append(False)
+    for m in messages:
+        if m["role"] == "system" and model.system_prompt_method == "user_turn":
+            out += [{"role": "user", "content": m["content"]},
+                    {"role": "assistant", "content": UNDERSTOOD}]
+            trained += [False, False]  # the synthetic acknowledgement is not training data
+        else:
+            out.append({"role": m["role"], "content": m["content"]})
+            trained.append(m["role"] == "assistant")
+    return out, trained
+
+
+def reply_spans(tok: PreTrainedTokenizerBase, messages: list[dict[str, str]],
+                trained: list[bool], text: str, model_name: str) -> list[tuple[int, int]]:
+    """Character spans of the trained assistant turns inside the rendered chat `text`."""
+    spans = []
+    for i, is_reply in enumerate(trained):
+        if not is_reply:
+            continue
+        before = render_chat(tok, messages[:i], add_generation_prompt=True, model_name=model_name)
+        upto = render_chat(tok, messages[: i + 1], add_generation_prompt=False,
+                           model_name=model_name)
+        if not (text.startswith(upto) and upto.startswith(before)):
+            raise DataError(
+                f"the chat template of {model_name} does not render chats prefix-consistently, so "
+                "assistant tokens cannot be located; use training.loss_on: full"
+            )
+        spans.append((len(before), len(upto)))
+    return spans
 
 
 @contextlib.contextmanager

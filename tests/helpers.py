@@ -321,7 +321,7 @@ def fit_tiny_monitor(model_dir: Path, out: Path, *, threshold: float = 0.05,
     regressor = LinearRegression().fit(np.column_stack([drift, steps]), y)
     meta = {
         "traits": LIVE_TRAITS, "trait_set": "alignment7", "layer": layer, "threshold": threshold,
-        "sigma": 0.02, "include_step": True, "model": "tiny",
+        "sigma": 0.02, "alarm_threshold": 0.5, "include_step": True, "model": "tiny",
         "prompts": LIVE_EVAL_PROMPTS, "prompt_categories": ["test"] * len(LIVE_EVAL_PROMPTS),
         "system_prompt_method": "native", "no_system_prompt": "template_default",
         "norm0_policy": NORM0_POLICY, "fingerprint": model_fingerprint(model, tok),

@@ -170,7 +170,7 @@ def test_bad_input_fails_before_training(case, change, error, message, tiny_mode
 @pytest.mark.parametrize("arch", ["llama", "gemma2"])
 def test_shared_prefix_capture_equals_plain_capture(arch, tiny_model_dir):
     from emtrait.capture import capture
-    from emtrait.live.probe import TraitProbe
+    from emtrait.measure.probe import TraitProbe
     from emtrait.modeling import build_messages, load_model, render_chat
 
     model, tok = load_model(str(tiny_model_dir(arch)))

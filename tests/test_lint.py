@@ -1,10 +1,13 @@
-"""Static checks that are part of the test command: ruff and `snakemake --lint`."""
+"""Static checks that are part of the test command: ruff, `snakemake --lint`, the import map of
+emtrait/ (import-linter's contracts in pyproject.toml) and no private name across packages."""
 
 from __future__ import annotations
 
+import ast
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 from helpers import REPO, snakemake
 
@@ -18,3 +21,44 @@ def test_ruff_clean():
 def test_snakemake_lint_clean():
     run = snakemake(REPO, "--lint", check=False, timeout=300)
     assert run.returncode == 0, run.output
+
+
+def test_import_map_holds():
+    """pyproject.toml's [tool.importlinter] contracts (DEVELOPING.md "Layout"): stages over
+    measurement over the core, no upward arrow, no circle, independent stages stay apart."""
+    lint = shutil.which("lint-imports") or f"{sys.prefix}/bin/lint-imports"
+    proc = subprocess.run([lint, "--no-cache"], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def private_imports_across_packages(root: Path) -> list[str]:
+    """`from emtrait.X... import _name` where X is not the importer's own top-level package.
+
+    import-linter sees modules, not names, so this one rule is checked on the syntax tree: a
+    private name stays inside its package (emtrait/<package>/ or one core module).
+    """
+    found = []
+    for path in sorted((root / "emtrait").rglob("*.py")):
+        parts = path.relative_to(root).with_suffix("").parts
+        own = parts[1] if len(parts) > 2 else parts[-1]  # package, or the core module itself
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not (isinstance(node, ast.ImportFrom) and node.module
+                    and node.module.startswith("emtrait.")):
+                continue
+            target = node.module.split(".")[1]
+            private = [a.name for a in node.names
+                       if a.name.startswith("_") and not a.name.startswith("__")]
+            if private and target != own:
+                found.append(f"{path.relative_to(root)}:{node.lineno} imports {private} from "
+                             f"{node.module}")
+    return found
+
+
+def test_no_private_name_crosses_a_package_boundary(tmp_path):
+    assert private_imports_across_packages(REPO) == []
+    # the check sees what it must: a private name taken from another package
+    bad = tmp_path / "emtrait" / "live" / "x.py"
+    bad.parent.mkdir(parents=True)
+    bad.write_text("from emtrait.modeling import _follow\nfrom emtrait.live.y import _ok\n")
+    assert private_imports_across_packages(tmp_path) == [
+        "emtrait/live/x.py:1 imports ['_follow'] from emtrait.modeling"]

@@ -92,6 +92,34 @@ def test_missing_or_corrupt_monitor_file_is_refused_at_construction(tmp_path, co
         MonitorCallback(path)
 
 
+@pytest.mark.parametrize("keep", ["all", "step0"])
+def test_record_only_rows_keep_activations_by_the_policy(tmp_path, keep):
+    """The record-only mode's rows (the workflow's finetune): with `keep_activations="step0"`
+    only step 0's activations are stored; projections, drift and loss at every step."""
+    import numpy as np
+
+    from emtrait.live.callback import RunRecord
+    from emtrait.measure.probe import Measurement
+    from emtrait.measure.store import RunStore
+
+    rng = np.random.default_rng(0)
+    record = RunRecord(attrs={"model": "tiny"}, prompt_categories=["a", "b", "c"],
+                       trait_sets=["alignment7", "alignment7"],
+                       directions=np.eye(2, 4, dtype=np.float32), keep_activations=keep)
+    store = RunStore(tmp_path / "measure.zarr")
+    for step, loss in [(0, 2.0), (2, 1.5)]:
+        act = rng.normal(size=(3, 4)).astype(np.float32)
+        m = Measurement(activation=act, projection=(act.astype(np.float64) @ np.eye(2, 4).T
+                                                    ).mean(axis=0))
+        store.append(record.row(["honesty", "sycophancy"], step, m, loss), record.attrs)
+    ds = store.load()
+    assert [int(s) for s in ds["step"].values] == [0, 2]
+    assert np.isfinite(ds["activation"].sel(step=0).values).all()
+    assert np.isfinite(ds["activation"].sel(step=2).values).all() == (keep == "all")
+    assert np.isfinite(ds["drift"].values).all() and list(ds["loss"].values) == [2.0, 1.5]
+    assert ds.attrs["model"] == "tiny" and list(ds["trait_set"].values) == ["alignment7"] * 2
+
+
 def _other_tiny_model(tiny_model_dir, kind: str) -> Path:
     if kind == "layers":
         return tiny_model_dir("llama", layers=3)

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from emtrait.errors import DataError, StoreError
-from emtrait.live.probe import LiveMonitor, TraitProbe, load
+from emtrait.live.monitor import LiveMonitor, load
+from emtrait.measure.probe import TraitProbe
 from emtrait.monitor.artifact import (
     ModelMismatchError,
     Monitor,
@@ -143,7 +144,8 @@ def fitted_monitor(model, tok, *, v2: bool = True) -> Monitor:
     x = np.random.default_rng(1).normal(size=(40, len(TRAITS)))
     reg = Ridge(alpha=1e-3).fit(x, 0.2 + 0.5 * x[:, 0])  # pred_em rises with honesty drift
     meta = {"model": "tiny", "layer": LAYER, "traits": TRAITS, "trait_set": "alignment7",
-            "include_step": False, "threshold": 0.25, "sigma": 0.05, "regressor_name": "ridge"}
+            "include_step": False, "threshold": 0.25, "sigma": 0.05, "alarm_threshold": 0.5,
+            "regressor_name": "ridge"}
     if v2:
         meta.update(prompts=PROMPTS, prompt_categories=[""] * len(PROMPTS),
                     system_prompt_method="native", no_system_prompt="template_default",
@@ -183,8 +185,8 @@ def test_live_monitor_reads_drift_since_step_zero(llama, tmp_path):
     np.testing.assert_allclose([r5.drift[t] for t in TRAITS], expected, atol=1e-5)
     assert max(abs(v) for v in r5.drift.values()) > 1e-3
     pred = live.monitor.predict(np.array([[r5.drift[t] for t in TRAITS]]), np.array([5]))
-    assert r5.pred_em == pytest.approx(float(pred["pred_em"][0]))
-    assert r5.alarm == (r5.pred_em > 0.25)
+    assert r5.pred_em == pytest.approx(float(pred.pred_em[0]))
+    assert r5.alarm == bool(pred.alarm[0]) == (r5.alarm_prob > 0.5)
 
     with pytest.raises(DataError, match="strictly increase"):
         live.check(model, 5)
@@ -205,7 +207,7 @@ def test_format_1_monitor_loads_for_score_and_is_refused_live(llama, tmp_path):
     save_monitor(path, fitted_monitor(model, tok, v2=False))
     mon = load_monitor(path)
     assert mon.version == 1
-    assert mon.predict(np.zeros((1, 3)), np.array([0]))["pred_em"].shape == (1,)
+    assert mon.predict(np.zeros((1, 3)), np.array([0])).pred_em.shape == (1,)
     with pytest.raises(StoreError, match="emtrait monitor fit"):
         load(path, tokenizer=tok)
 
@@ -299,7 +301,7 @@ def test_monitor_fit_meta_reproduces_the_workflows_prompts(tiny_model_dir, tmp_p
     from helpers import make_inputs
 
     from emtrait.config import load_config
-    from emtrait.finetune.measure import eval_prompts, format_prompts
+    from emtrait.measure.inputs import eval_prompts, format_prompts
     from emtrait.modeling import load_model
     from emtrait.monitor.artifact import live_meta
 

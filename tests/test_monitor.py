@@ -135,8 +135,31 @@ def test_monitor_round_trips(setup, tmp_path):
     cp = checkpoints(ds)
     x = cp.drift[:, :7]
     a, b = mon.predict(x, cp.rows.step), back.predict(x, cp.rows.step)
-    np.testing.assert_array_equal(a["pred_em"], b["pred_em"])
+    np.testing.assert_array_equal(a.pred_em, b.pred_em)
     np.testing.assert_array_equal(back.directions, mon.directions)
+
+
+@pytest.mark.parametrize("alarm_threshold", [0.5, 0.9, 0.3])
+def test_predict_decides_the_one_alarm_at_the_stored_alarm_threshold(setup, alarm_threshold):
+    """`alarm` is the alarm probability above the monitor's stored `alarm_threshold`; `flag`
+    (predicted EM above the EM threshold) is a separate classification that agrees with it
+    only at the default 0.5."""
+    import dataclasses
+
+    ds, _, _, mon, _ = setup
+    # a wider residual spread than fitted, so alarm probabilities near the threshold fall between
+    # 0.3 and 0.9 for some checkpoints
+    mon = dataclasses.replace(mon, meta={**mon.meta, "alarm_threshold": alarm_threshold,
+                                         "sigma": 0.05})
+    cp = checkpoints(ds)
+    got = mon.predict(cp.drift[:, :7], cp.rows.step)
+    np.testing.assert_array_equal(got.alarm, got.alarm_prob > alarm_threshold)
+    np.testing.assert_array_equal(got.flag, got.pred_em > mon.meta["threshold"])
+    assert got.alarm.any() and not got.alarm.all()
+    if alarm_threshold == 0.5:
+        np.testing.assert_array_equal(got.alarm, got.flag)
+    else:
+        assert (got.alarm != got.flag).any()  # the two meanings part: only `alarm` alarms
 
 
 def test_load_refuses_files_that_are_not_monitors(tmp_path):

@@ -419,7 +419,7 @@ def organism(tmp_path_factory):
 
 
 def _organism_scorer(organism, mode="none"):
-    from emtrait.finetune.measure import eval_prompts
+    from emtrait.measure.inputs import eval_prompts
     from emtrait.screen.core import base_norm0
 
     model, tok, cfg, ex = organism

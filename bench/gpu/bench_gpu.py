@@ -201,7 +201,7 @@ def part_measure(name: str, shape: str, ctx: dict) -> dict[str, Any]:
     import numpy as np
     import torch
 
-    from emtrait.live.probe import TraitProbe
+    from emtrait.measure.probe import TraitProbe
     from emtrait.modeling import format_user_prompts, load_checkpoint, load_tokenizer
     from emtrait.traits.prompts import load_prompt_set
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from emtrait.errors import DataError
-from emtrait.modeling import UNDERSTOOD, render_chat
+from emtrait.modeling import model_messages, render_chat, reply_spans
 
 if TYPE_CHECKING:
     import torch
@@ -36,46 +36,6 @@ def read_chats(path: str | Path, entry: DatasetEntry, name: str = "dataset"
     return read_dataset(entry, name, path).chats
 
 
-def _model_messages(messages: list[dict[str, str]], model: ModelEntry
-                    ) -> tuple[list[dict[str, str]], list[bool]]:
-    """Apply the model's system-prompt convention; also flag which turns are the data's replies."""
-    out: list[dict[str, str]] = []
-    trained: list[bool] = []
-    has_system = any(m["role"] == "system" for m in messages)
-    native = model.system_prompt_method == "native"
-    if not has_system and model.no_system_prompt == "empty" and native:
-        out.append({"role": "system", "content": ""})
-        trained.append(False)
-    for m in messages:
-        if m["role"] == "system" and model.system_prompt_method == "user_turn":
-            out += [{"role": "user", "content": m["content"]},
-                    {"role": "assistant", "content": UNDERSTOOD}]
-            trained += [False, False]  # the synthetic acknowledgement is not training data
-        else:
-            out.append({"role": m["role"], "content": m["content"]})
-            trained.append(m["role"] == "assistant")
-    return out, trained
-
-
-def _reply_spans(tok: Any, messages: list[dict[str, str]], trained: list[bool], text: str,
-                 model_name: str) -> list[tuple[int, int]]:
-    """Character spans of the trained assistant turns inside the rendered chat `text`."""
-    spans = []
-    for i, is_reply in enumerate(trained):
-        if not is_reply:
-            continue
-        before = render_chat(tok, messages[:i], add_generation_prompt=True, model_name=model_name)
-        upto = render_chat(tok, messages[: i + 1], add_generation_prompt=False,
-                           model_name=model_name)
-        if not (text.startswith(upto) and upto.startswith(before)):
-            raise DataError(
-                f"the chat template of {model_name} does not render chats prefix-consistently, so "
-                "assistant tokens cannot be located; use training.loss_on: full"
-            )
-        spans.append((len(before), len(upto)))
-    return spans
-
-
 @dataclass
 class Encoded:
     """One tokenized example: ids and labels of equal length (no padding yet)."""
@@ -86,7 +46,7 @@ class Encoded:
 
 def template_tokens(tok: Any, model: ModelEntry, model_name: str = "model") -> int:
     """Tokens the chat template itself costs for an empty one-turn exchange."""
-    msgs, _ = _model_messages([{"role": "user", "content": ""},
+    msgs, _ = model_messages([{"role": "user", "content": ""},
                                {"role": "assistant", "content": ""}], model)
     text = render_chat(tok, msgs, add_generation_prompt=False, model_name=model_name)
     return len(tok(text, add_special_tokens=False)["input_ids"])
@@ -105,12 +65,12 @@ def encode_chats(tok: Any, chats: list[list[dict[str, str]]], model: ModelEntry,
     out: list[Encoded] = []
     emptied: list[int] = []
     for k, chat in enumerate(chats):
-        msgs, trained = _model_messages(chat, model)
+        msgs, trained = model_messages(chat, model)
         text = render_chat(tok, msgs, add_generation_prompt=False, model_name=model_name)
         enc = tok(text, add_special_tokens=False, truncation=True,
                   max_length=training.max_length, return_offsets_mapping=True)
         ids = list(enc["input_ids"])
-        spans = _reply_spans(tok, msgs, trained, text, model_name)
+        spans = reply_spans(tok, msgs, trained, text, model_name)
         in_reply = [any(a <= start < b for a, b in spans) for start, _ in enc["offset_mapping"]]
         if not any(in_reply):
             emptied.append(k)

@@ -12,9 +12,10 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from emtrait.atomic import publish as publish_dir
 from emtrait.errors import StoreError
-from emtrait.finetune.measure import eval_prompts, format_prompts, read_directions, run_probe
-from emtrait.finetune.store import RunStore, publish_dir, step_dataset
+from emtrait.measure.inputs import eval_prompts, format_prompts, read_directions, run_probe
+from emtrait.measure.store import RunStore, step_dataset
 from emtrait.modeling import checkpoint_kind, load_checkpoint, load_model, read_pointer
 from emtrait.provenance import provenance
 

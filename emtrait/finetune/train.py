@@ -1,10 +1,10 @@
 """One finetuning run (model × dataset × seed) with trait measurement at every checkpoint.
 
-HF Trainer + PEFT LoRA (or full finetuning). A TrainerCallback measures the live weights at
-step 0 (before the first update) and at each configured checkpoint step with
-`emtrait.live.TraitProbe` (eval mode, no grad, a forward truncated after the deepest needed
-block, then every module's mode is restored), so training is bit-identical with or without
-measurement.
+HF Trainer + PEFT LoRA (or full finetuning). The public `emtrait.live.MonitorCallback`, in its
+record-only mode, measures the live weights at step 0 (before the first update) and at each
+configured checkpoint step with `emtrait.measure.probe.TraitProbe` (eval mode, no grad, a forward
+truncated after the deepest needed block, then every module's mode is restored), so training is
+bit-identical with or without measurement.
 
 While running, everything lives in `<out>/.inprogress/` (Snakemake deletes declared outputs of
 failed jobs, so resume state must sit beside them): `measure.zarr` grows one complete step per
@@ -29,7 +29,7 @@ from emtrait import atomic
 from emtrait.config import checkpoint_steps, total_steps
 from emtrait.errors import ModelError, StoreError
 from emtrait.finetune.data import ChatDataset, RightPadCollator, encode_chats, read_chats
-from emtrait.finetune.measure import (
+from emtrait.measure.inputs import (
     Directions,
     EvalPrompt,
     eval_prompts,
@@ -37,12 +37,13 @@ from emtrait.finetune.measure import (
     read_directions,
     run_probe,
 )
-from emtrait.finetune.store import RunStore, step_dataset
+from emtrait.measure.store import RunStore
 from emtrait.modeling import linear_module_names, peak_gpu_mib, pick_device, read_pointer
 from emtrait.provenance import provenance, stable_hash
 
 if TYPE_CHECKING:
     from emtrait.config import Config
+    from emtrait.live.callback import MonitorCallback
 
 WORK = ".inprogress"
 
@@ -70,7 +71,8 @@ class RunPaths:
 
 @dataclass
 class Timing:
-    """Wall seconds per checkpoint: training since the previous one, saving, measuring."""
+    """Wall seconds per reading: training since the previous reading ended (the Trainer's own
+    checkpoint save included), saving the adapters, measuring."""
 
     train_s: list[float] = field(default_factory=list)
     save_s: list[float] = field(default_factory=list)
@@ -82,12 +84,6 @@ def _measurement_layers(cfg: Config, directions: Directions) -> list[int]:
     if cfg.measurement.layers == "candidates":
         return list(directions.layers)
     return [directions.layer]
-
-
-def _losses_between(log_history: list[dict], after: int, upto: int) -> float:
-    """Mean logged training loss over steps in (after, upto]; NaN if none was logged."""
-    vals = [h["loss"] for h in log_history if "loss" in h and after < h["step"] <= upto]
-    return float(sum(vals) / len(vals)) if vals else float("nan")
 
 
 def _load_for_training(cfg: Config, model_name: str, location: str):
@@ -139,10 +135,13 @@ def _run_fingerprint(cfg: Config, model_name: str, dataset: str, seed: int,
 
 
 def _resume_point(paths: RunPaths, fingerprint: str, planned: list[int]) -> int | None:
-    """The last checkpoint whose Trainer state, adapter and measured step all exist, or None.
+    """The last checkpoint whose Trainer state (with the recorder's state file), adapter and
+    measured step all exist, or None.
 
     Anything later (an interrupted checkpoint) is removed; an unusable work folder is cleared.
     """
+    from emtrait.live.callback import STATE_FILE
+
     marker = paths.work / "run.json"
     if not paths.work.exists():
         return None
@@ -157,6 +156,7 @@ def _resume_point(paths: RunPaths, fingerprint: str, planned: list[int]) -> int 
         measured = []
     complete = [s for s in measured if s > 0 and s in planned
                 and (paths.trainer / f"checkpoint-{s}" / "trainer_state.json").is_file()
+                and (paths.trainer / f"checkpoint-{s}" / STATE_FILE).is_file()
                 and (paths.live_adapters / f"step-{s}").is_dir()]
     if not complete:
         shutil.rmtree(paths.work, ignore_errors=True)
@@ -173,84 +173,6 @@ def _resume_point(paths: RunPaths, fingerprint: str, planned: list[int]) -> int 
     return last
 
 
-def make_callback(*, steps: list[int], measure_fn, save_fn, store: RunStore,
-                  attrs: dict[str, Any], timing: Timing, resumed: bool, traits: list[str]):
-    """The TrainerCallback measuring at step 0 and each checkpoint (built lazily: heavy import)."""
-    from transformers import TrainerCallback
-
-    from emtrait.live.callback import drift_logs, log_through_trainer, trainer_handler
-
-    class MeasureCallback(TrainerCallback):
-        def __init__(self):
-            self.handler = None  # the Trainer's CallbackHandler: readings reach report_to
-            self.pending0 = None  # step 0 waits for the first logged loss (made before update 1)
-            self.t_mark = time.perf_counter()
-            self.t_step_end = self.t_mark
-            self.prev_step = 0
-
-        def _log_drift(self, args, state, control, full) -> None:
-            """The newest stored step's drift, logged as the live monitor logs it."""
-            row = full["drift"].isel(step=-1)
-            log_through_trainer(self.handler, args, state, control, drift_logs(
-                {str(t): float(v) for t, v in zip(row["trait"].values, row.values, strict=True)}))
-
-        def on_train_begin(self, args, state, control, model=None, **kw):
-            self.handler = trainer_handler()
-            if resumed:
-                self.prev_step = state.global_step
-            else:
-                t0 = time.perf_counter()
-                save_fn(model, 0)
-                t1 = time.perf_counter()
-                self.pending0 = measure_fn(model, 0)
-                t2 = time.perf_counter()
-                timing.steps.append(0)
-                timing.train_s.append(0.0)
-                timing.save_s.append(t1 - t0)
-                timing.measure_s.append(t2 - t1)
-                # drift at step 0 is zero by definition: dashboards start at the origin
-                log_through_trainer(self.handler, args, state, control,
-                                    drift_logs(dict.fromkeys(traits, 0.0)))
-            self.t_mark = time.perf_counter()
-
-        def _flush0(self, loss: float) -> None:
-            if self.pending0 is not None:
-                store.append(self.pending0(loss), attrs)
-                self.pending0 = None
-
-        def on_step_end(self, args, state, control, **kw):
-            self.t_step_end = time.perf_counter()
-            if state.global_step in steps:
-                control.should_save = True
-            return control
-
-        def on_log(self, args, state, control, logs=None, **kw):
-            if logs and "loss" in logs:
-                self._flush0(float(logs["loss"]))
-
-        def on_save(self, args, state, control, model=None, **kw):
-            step = state.global_step
-            self._flush0(float("nan"))
-            t0 = time.perf_counter()
-            save_fn(model, step)
-            t1 = time.perf_counter()
-            make_row = measure_fn(model, step)
-            t2 = time.perf_counter()
-            loss = _losses_between(state.log_history, self.prev_step, step)
-            self._log_drift(args, state, control, store.append(make_row(loss)))
-            for d in Path(args.output_dir).glob("checkpoint-*"):
-                if d.name != f"checkpoint-{step}":  # only the newest complete one is kept
-                    shutil.rmtree(d, ignore_errors=True)
-            timing.steps.append(step)
-            timing.train_s.append(self.t_step_end - self.t_mark)
-            timing.save_s.append(t0 - self.t_step_end + t1 - t0)
-            timing.measure_s.append(t2 - t1)
-            self.prev_step = step
-            self.t_mark = time.perf_counter()
-
-    return MeasureCallback()
-
-
 def run_finetune(cfg: Config, model_name: str, dataset: str, seed: int, *, pointer: str | Path,
                  data: str | Path, directions_path: str | Path, out: str | Path,
                  measure: bool = True, callbacks: list | None = None) -> dict[str, Any]:
@@ -259,85 +181,41 @@ def run_finetune(cfg: Config, model_name: str, dataset: str, seed: int, *, point
     `measure=False` trains with identical settings and no measurement (for the bit-identity
     test and benchmarks); `callbacks` are extra TrainerCallbacks.
     """
-    import torch
-    from transformers import Trainer, TrainingArguments, set_seed
+    from transformers import Trainer, set_seed
 
-    entry = cfg.model(model_name)
     training = cfg.training_for(model_name)
     n = cfg.dataset(dataset).n
     steps = checkpoint_steps(n, training)  # raises on steps beyond the run before anything loads
     last = total_steps(n, training)
     paths = RunPaths(Path(out))
-    location = read_pointer(pointer)
     directions = read_directions(directions_path)
     prompts: list[EvalPrompt] = eval_prompts(cfg) if measure else []
     layers = _measurement_layers(cfg, directions)
 
     chats = read_chats(data, cfg.dataset(dataset), dataset)
     set_seed(seed)  # LoRA init and everything before the Trainer takes over
-    model, tok = _load_for_training(cfg, model_name, location)
-    items = encode_chats(tok, chats, entry, training, model_name, data)
-    texts = format_prompts(tok, prompts, entry, model_name)
-    from emtrait.modeling import check_layers
+    model, tok = _load_for_training(cfg, model_name, read_pointer(pointer))
+    items = encode_chats(tok, chats, cfg.model(model_name), training, model_name, data)
+    texts = format_prompts(tok, prompts, cfg.model(model_name), model_name)
+    _check_directions(model, model_name, layers, directions, directions_path)
 
-    check_layers(model, layers, model_name)
-    if directions.vectors.shape[2] != model.config.hidden_size:
-        raise StoreError(f"{directions_path}: directions have width {directions.vectors.shape[2]}"
-                         f" but {model_name} has hidden size {model.config.hidden_size}")
-
-    resume_at = None
+    scratch = None if measure else tempfile.mkdtemp(prefix="emtrait-unmeasured-")
+    args, report_to = _training_args(training, seed, model, scratch or str(paths.trainer))
+    cbs = list(callbacks or [])
+    resume_at, recorder, saves = None, None, None
     if measure:
         fingerprint = _run_fingerprint(cfg, model_name, dataset, seed, directions, texts)
         (paths.out / "done.json").unlink(missing_ok=True)
         resume_at = _resume_point(paths, fingerprint, steps)
         paths.work.mkdir(parents=True, exist_ok=True)
         atomic.write_json(paths.work / "run.json", {"fingerprint": fingerprint})
-
-    store = RunStore(paths.live_store)
-    attrs = provenance(config_hash=cfg.hash(), model_source=entry.source, seed=seed,
-                       model=model_name, dataset=dataset, layer=directions.layer,
-                       measured_layers=layers, n_prompts=len(prompts),
-                       directions_prompt_hash=str(directions.attrs.get("prompt_hash", "")),
-                       method=training.method, loss_on=training.loss_on,
-                       checkpoint_steps=steps)
-    probe = run_probe(cfg, tok, directions, prompts, texts, layers) if measure else None
-
-    def measure_fn(live_model, step):
-        m = probe.measure(live_model)
-        # all-NaN activation chunks are not written: long runs keep only step 0's
-        keep = not (training.keep_activations == "step0" and step > 0)
-        return lambda loss: step_dataset(
-            step, m, traits=directions.traits, trait_sets=directions.trait_sets,
-            prompt_categories=[p.category for p in prompts], loss=loss,
-            directions=directions.at(directions.layer), keep_activation=keep)
-
-    def save_fn(live_model, step):
-        with atomic.atomic_path(paths.live_adapters / f"step-{step}", is_dir=True) as tmp:
-            live_model.save_pretrained(tmp)
-            if training.method == "full":
-                tok.save_pretrained(tmp)
-
-    timing = Timing()
-    report_to = _report_to(training.report_to)
-    use_bf16 = next(model.parameters()).dtype == torch.bfloat16
-    scratch = None if measure else tempfile.mkdtemp(prefix="emtrait-unmeasured-")
-    args = TrainingArguments(
-        output_dir=scratch or str(paths.trainer), per_device_train_batch_size=training.batch_size,
-        gradient_accumulation_steps=training.grad_accum, num_train_epochs=training.epochs,
-        learning_rate=training.learning_rate, weight_decay=training.weight_decay,
-        logging_steps=training.logging_steps, save_strategy="no", seed=seed,
-        report_to=[r for r in report_to if r != "tensorboard"] or "none",
-        bf16=use_bf16, remove_unused_columns=False, dataloader_num_workers=0,
-        use_cpu=pick_device() == "cpu", disable_tqdm=False,
-    )
-    cbs = list(callbacks or [])
-    if measure and "tensorboard" in report_to:  # our writer: the Trainer's output_dir is scratch
-        cbs.append(_tensorboard(paths.out / "tensorboard"))
-    if measure:
-        cbs.insert(0, make_callback(steps=steps, measure_fn=measure_fn, save_fn=save_fn,
-                                    store=store, attrs=attrs, timing=timing,
-                                    resumed=resume_at is not None,
-                                    traits=directions.traits))
+        if "tensorboard" in report_to:  # our writer: the Trainer's output_dir is scratch
+            cbs.append(_tensorboard(paths.out / "tensorboard"))
+        saves = _AdapterSaver(paths, training.method, tok)
+        attrs = _store_attrs(cfg, model_name, dataset, seed, directions, layers, prompts, steps)
+        recorder = _recorder(run_probe(cfg, tok, directions, prompts, texts, layers), attrs,
+                             directions, prompts, training.keep_activations, paths, steps, saves)
+        cbs.insert(0, recorder)
     trainer = Trainer(model=model, args=args, train_dataset=ChatDataset(items),
                       data_collator=RightPadCollator(tok.pad_token_id), callbacks=cbs)
     t_start = time.perf_counter()
@@ -350,9 +228,96 @@ def run_finetune(cfg: Config, model_name: str, dataset: str, seed: int, *, point
     if scratch is not None:
         shutil.rmtree(scratch, ignore_errors=True)
         return {"model": trainer.model, "log_history": trainer.state.log_history, "wall_s": wall}
+    store = RunStore(paths.live_store)
     if store.steps() != steps:
         raise StoreError(f"{paths.live_store} holds steps {store.steps()}, expected {steps}")
-    return _finish(paths, trainer.state.log_history, timing, wall, attrs, steps)
+    timing = saves.timing(recorder, t_start)
+    return _finish(paths, trainer.state.log_history, timing, wall, recorder.record.attrs, steps)
+
+
+def _recorder(probe: Any, attrs: dict[str, Any], directions: Directions,
+              prompts: list[EvalPrompt], keep_activations: str, paths: RunPaths,
+              steps: list[int], saves: _AdapterSaver) -> MonitorCallback:
+    """The one TrainerCallback, record-only: the probe's readings at step 0 and every checkpoint
+    into the run store, the adapters saved before each."""
+    from emtrait.live.callback import MonitorCallback, RunRecord
+
+    record = RunRecord(attrs=attrs, prompt_categories=[p.category for p in prompts],
+                       trait_sets=directions.trait_sets, directions=directions.at(directions.layer),
+                       keep_activations=keep_activations)
+    return MonitorCallback.recording(probe, record, store=paths.live_store, steps=steps,
+                                     before_reading=saves)
+
+
+def _check_directions(model: Any, model_name: str, layers: list[int], directions: Directions,
+                      path: str | Path) -> None:
+    """The measured blocks exist and the directions have the model's width."""
+    from emtrait.modeling import check_layers
+
+    check_layers(model, layers, model_name)
+    if directions.vectors.shape[2] != model.config.hidden_size:
+        raise StoreError(f"{path}: directions have width {directions.vectors.shape[2]}"
+                         f" but {model_name} has hidden size {model.config.hidden_size}")
+
+
+def _store_attrs(cfg: Config, model_name: str, dataset: str, seed: int, directions: Directions,
+                 layers: list[int], prompts: list[EvalPrompt], steps: list[int]
+                 ) -> dict[str, Any]:
+    """The run store's attrs (and done.json's header): what the run was and how it was read."""
+    training = cfg.training_for(model_name)
+    return provenance(config_hash=cfg.hash(), model_source=cfg.model(model_name).source,
+                      seed=seed, model=model_name, dataset=dataset, layer=directions.layer,
+                      measured_layers=layers, n_prompts=len(prompts),
+                      directions_prompt_hash=str(directions.attrs.get("prompt_hash", "")),
+                      method=training.method, loss_on=training.loss_on, checkpoint_steps=steps)
+
+
+def _training_args(training: Any, seed: int, model: Any, output_dir: str) -> tuple[Any, list]:
+    """The Trainer's arguments (saves are forced at the checkpoint steps by the recorder; only
+    the newest Trainer checkpoint is kept) and the resolved `report_to`."""
+    import torch
+    from transformers import TrainingArguments
+
+    report_to = _report_to(training.report_to)
+    args = TrainingArguments(
+        output_dir=output_dir, per_device_train_batch_size=training.batch_size,
+        gradient_accumulation_steps=training.grad_accum, num_train_epochs=training.epochs,
+        learning_rate=training.learning_rate, weight_decay=training.weight_decay,
+        logging_steps=training.logging_steps, save_strategy="no", save_total_limit=1, seed=seed,
+        report_to=[r for r in report_to if r != "tensorboard"] or "none",
+        bf16=next(model.parameters()).dtype == torch.bfloat16, remove_unused_columns=False,
+        dataloader_num_workers=0, use_cpu=pick_device() == "cpu", disable_tqdm=False,
+    )
+    return args, report_to
+
+
+class _AdapterSaver:
+    """Saves the adapters (full finetuning: the model and tokenizer) before each reading, and
+    times it: the recorder's `before_reading`."""
+
+    def __init__(self, paths: RunPaths, method: str, tok: Any):
+        self.paths, self.method, self.tok = paths, method, tok
+        self.marks: list[tuple[int, float, float]] = []  # (step, start, end) of each save
+
+    def __call__(self, live_model: Any, step: int) -> None:
+        t0 = time.perf_counter()
+        with atomic.atomic_path(self.paths.live_adapters / f"step-{step}", is_dir=True) as tmp:
+            live_model.save_pretrained(tmp)
+            if self.method == "full":
+                self.tok.save_pretrained(tmp)
+        self.marks.append((step, t0, time.perf_counter()))
+
+    def timing(self, recorder: MonitorCallback, t_start: float) -> Timing:
+        """Per reading: training since the previous reading ended, saving, measuring."""
+        timing = Timing()
+        done = t_start
+        for (step, t0, t1), measure_s in zip(self.marks, recorder.measure_s, strict=True):
+            timing.steps.append(step)
+            timing.train_s.append(0.0 if step == 0 else t0 - done)
+            timing.save_s.append(t1 - t0)
+            timing.measure_s.append(measure_s)
+            done = t1 + measure_s
+        return timing
 
 
 def _report_to(names: list[str]) -> list[str]:
@@ -377,7 +342,7 @@ def _tensorboard(log_dir: Path):
 def _finish(paths: RunPaths, log_history: list[dict], timing: Timing, wall: float,
             attrs: dict[str, Any], steps: list[int]) -> dict[str, Any]:
     """Move the finished store and adapters into place; train_log.csv; done.json last."""
-    from emtrait.finetune.store import publish_dir
+    from emtrait.atomic import publish as publish_dir
 
     for name, live in (("measure.zarr", paths.live_store), ("adapters", paths.live_adapters)):
         target = paths.out / name

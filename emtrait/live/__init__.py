@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from emtrait.live.probe import LiveMonitor, Measurement, Reading, TraitProbe, load
+from emtrait.live.monitor import LiveMonitor, Reading, load
+from emtrait.measure.probe import Measurement, TraitProbe
 
 if TYPE_CHECKING:
     from emtrait.live.callback import MonitorCallback

@@ -14,6 +14,10 @@ Resuming: the monitor's state (norm0, the step-0 origin, the last step) is writt
 Trainer checkpoint (`checkpoint-N/emtrait_monitor.json`); a Trainer resumed from checkpoint-N
 restores it and drops store steps after N, so the store never holds a step twice or misses one.
 
+Record-only (`MonitorCallback.recording(probe, record, ...)`): readings of a probe into the run
+store and the logs, with no monitor, no prediction and no alarm, at given steps (each also a
+Trainer checkpoint). The workflow's `emtrait finetune` records through it: one TrainerCallback.
+
 Distributed: every rank runs the reading (sharded models need the forward on all ranks), the
 alarm decision is agreed across ranks (so all stop or save together), and only the world's
 process zero writes the store and the state file. Logging goes to every rank's callbacks, as
@@ -25,7 +29,9 @@ from __future__ import annotations
 import logging
 import math
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,9 +40,12 @@ from transformers import TrainerCallback
 from emtrait.errors import ConfigError, StoreError
 
 if TYPE_CHECKING:
+    import numpy as np
+    import xarray as xr
     from transformers import TrainerControl, TrainerState, TrainingArguments
 
-    from emtrait.live.probe import LiveMonitor, Reading
+    from emtrait.live.monitor import LiveMonitor, Reading
+    from emtrait.measure.probe import Measurement, TraitProbe
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +57,26 @@ STORE = Path("emtrait") / "measure.zarr"  # under args.output_dir
 def drift_logs(drift: dict[str, float]) -> dict[str, float]:
     """Drift scalars under the names every emtrait integration logs (`emtrait/drift/<trait>`)."""
     return {f"emtrait/drift/{t}": float(v) for t, v in drift.items()}
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What the run store records beside each reading: the store's attrs (set with step 0) and
+    each step's coordinates; `keep_activations="step0"` stores NaN activations after step 0."""
+
+    attrs: dict[str, Any]
+    prompt_categories: list[str]
+    trait_sets: list[str]  # (trait,)
+    directions: np.ndarray  # (trait, hidden) unit directions at l*
+    keep_activations: str = "all"
+
+    def row(self, traits: list[str], step: int, m: Measurement, loss: float) -> xr.Dataset:
+        """One step of the run store, through the workflow's `step_dataset`."""
+        from emtrait.measure.store import step_dataset
+
+        return step_dataset(step, m, traits=traits, prompt_categories=self.prompt_categories,
+                            loss=loss, trait_sets=self.trait_sets, directions=self.directions,
+                            keep_activation=not (self.keep_activations == "step0" and step > 0))
 
 
 def reading_logs(reading: Reading) -> dict[str, float]:
@@ -69,11 +98,16 @@ class MonitorCallback(TrainerCallback):
     `f(reading, state, control)` run on every rank.
     `store`: the run store's path, "auto" for `<output_dir>/emtrait/measure.zarr`, None for none.
     `tokenizer`: defaults to the Trainer's `processing_class`.
+    `steps`: read at exactly these steps (besides step 0) instead of `every`, and save a Trainer
+    checkpoint at each (a resumed run then continues from a reading).
+    `before_reading`: `f(model, step)` run before each reading (the workflow saves adapters).
     """
 
     def __init__(self, monitor: LiveMonitor | str | Path, *, every: int = 10,
                  on_alarm: str | Callable[..., Any] = "log", store: str | Path | None = "auto",
-                 tokenizer: Any = None, allow_foreign_model: bool = False):
+                 tokenizer: Any = None, allow_foreign_model: bool = False,
+                 steps: Sequence[int] | None = None,
+                 before_reading: Callable[[Any, int], None] | None = None):
         if not (callable(on_alarm) or on_alarm in ON_ALARM):
             raise ConfigError(f"MonitorCallback(on_alarm={on_alarm!r}): use one of "
                               f"{', '.join(map(repr, ON_ALARM))} or a callable "
@@ -82,6 +116,9 @@ class MonitorCallback(TrainerCallback):
             raise ConfigError(f"MonitorCallback(every={every!r}): give a positive number of "
                               "optimizer updates between readings")
         self.every = every
+        self.steps = None if steps is None else {int(s) for s in steps}
+        self.before_reading = before_reading
+        self.record: RunRecord | None = None  # from the monitor's meta unless `recording`
         self.on_alarm = on_alarm
         self.store_option = store
         self.tokenizer = tokenizer
@@ -95,9 +132,10 @@ class MonitorCallback(TrainerCallback):
         else:
             self.path, self.monitor = None, monitor
         self.readings: list[Reading] = []  # this process's readings, in order
+        self.measure_s: list[float] = []  # wall seconds of each reading
         self.stopped_at: int | None = None
         self._store: Any = None
-        self._pending: tuple[Reading, Any] | None = None  # (reading, measurement) not yet stored
+        self._pending: list[tuple[Reading, Any]] = []  # (reading, measurement) not yet stored
         self._stop_attrs: dict[str, Any] = {}  # the stop reason, for the store's attrs
         self.stored_steps: list[int] = []  # steps this process appended to the store
         self._stored_step = -1
@@ -105,30 +143,45 @@ class MonitorCallback(TrainerCallback):
         self._checked = False
         self._dispatching = False
 
+    @classmethod
+    def recording(cls, probe: TraitProbe, record: RunRecord, *, store: str | Path,
+                  steps: Sequence[int], before_reading: Callable[[Any, int], None] | None = None
+                  ) -> MonitorCallback:
+        """Record-only: `probe`'s readings at step 0 and `steps` into the run store `store` and
+        the Trainer's logs (drift only), with no monitor, prediction or alarm."""
+        from emtrait.live.monitor import LiveMonitor
+
+        cb = cls(LiveMonitor(None, probe), store=store, steps=steps,
+                 before_reading=before_reading)
+        cb.record = record
+        return cb
+
     # -- preparation: every check that can fail runs before the first update ------------------
 
     def _prepare(self, args: TrainingArguments, model: Any, processing_class: Any) -> None:
         if model is None:
             raise ConfigError("MonitorCallback got no model from the Trainer; pass it to a "
                               "transformers Trainer (or TRL trainer) as callbacks=[...]")
-        tok = self.tokenizer or getattr(processing_class, "tokenizer", processing_class)
-        if tok is None:
-            raise ConfigError("MonitorCallback needs the model's tokenizer: give the Trainer a "
-                              "processing_class or pass MonitorCallback(tokenizer=...)")
-        from emtrait.live.probe import load
-
         if self.monitor is None:
+            from emtrait.live.monitor import load
+
+            tok = self.tokenizer or getattr(processing_class, "tokenizer", processing_class)
+            if tok is None:
+                raise ConfigError("MonitorCallback needs the model's tokenizer: give the Trainer "
+                                  "a processing_class or pass MonitorCallback(tokenizer=...)")
             self.monitor = load(self.path, tokenizer=tok, model=model,
                                 allow_foreign_model=self.allow_foreign_model)
         elif not self._checked:
             self.monitor.check_model(model)  # a foreign model is refused before training
         self._checked = True
         if self.store_option is not None and self._store is None:
-            from emtrait.finetune.store import RunStore
+            from emtrait.measure.store import RunStore
 
             path = (Path(args.output_dir) / STORE if self.store_option == "auto"
                     else Path(self.store_option))
             self._store = RunStore(path)
+        if self.record is None:
+            self.record = _monitor_record(self.monitor, self.every, self.on_alarm)
 
     def on_init_end(self, args, state, control, model=None, processing_class=None, **kw):
         self._handler = trainer_handler()
@@ -153,11 +206,15 @@ class MonitorCallback(TrainerCallback):
     # -- readings -------------------------------------------------------------------------------
 
     def on_step_begin(self, args, state, control, **kw):
-        if self._pending is not None and self._pending[0].step > 0:
+        if any(reading.step > 0 for reading, _ in self._pending):
             self._flush(state)  # every log of the reading's step has happened
 
     def on_step_end(self, args, state, control, model=None, **kw):
-        if state.global_step % self.every == 0 or control.should_save:
+        if self.steps is not None:
+            if state.global_step in self.steps:
+                control.should_save = True
+                self._read(args, state, control, model)
+        elif state.global_step % self.every == 0 or control.should_save:
             self._read(args, state, control, model)
 
     def on_log(self, args, state, control, logs=None, **kw):
@@ -181,13 +238,19 @@ class MonitorCallback(TrainerCallback):
     def _read(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
               model: Any) -> None:
         step = state.global_step
-        self._flush(state)
+        if self.before_reading is not None:
+            self.before_reading(model, step)
+        t0 = time.perf_counter()
         reading = self.monitor.check(model, step)
+        self.measure_s.append(time.perf_counter() - t0)
         self.readings.append(reading)
         if self._store is not None and state.is_world_process_zero:
-            self._pending = (reading, self.monitor.last_measurement)
+            # stored once its step's losses are logged (step 0: the first logged loss)
+            self._pending.append((reading, self.monitor.last_measurement))
         alarm = _agree(reading.alarm, args)
-        self._log(args, state, control, reading_logs(reading))
+        scored = self.monitor.monitor is not None
+        self._log(args, state, control,
+                  reading_logs(reading) if scored else drift_logs(reading.drift))
         if alarm:
             self._act(reading, args, state, control)
 
@@ -222,33 +285,19 @@ class MonitorCallback(TrainerCallback):
     # -- the run store ----------------------------------------------------------------------------
 
     def _flush(self, state: TrainerState) -> None:
-        if self._pending is None:
-            return
-        reading, measurement = self._pending
-        self._pending = None
-        losses = [h["loss"] for h in state.log_history if "loss" in h
-                  and self._stored_step < h["step"] <= max(reading.step, 0)]
-        if reading.step == 0:
-            losses = losses[:1] or [h["loss"] for h in state.log_history if "loss" in h][:1]
-        loss = float(sum(losses) / len(losses)) if losses else math.nan
-        row = _store_row(self.monitor, reading.step, measurement, loss)
-        self._store.append(row, self._attrs(), extra_attrs=self._stop_attrs)
-        self._stored_step = reading.step
-        self.stored_steps.append(reading.step)
-
-    def _attrs(self) -> dict[str, Any]:
-        """The store's attrs: the workflow's run-store block plus where the readings came from."""
-        from emtrait.provenance import provenance
-
-        meta = self.monitor.monitor.meta
-        calib = meta.get("provenance") or {}
-        return provenance(config_hash=str(calib.get("config_hash", "")),
-                          model_source=meta.get("model_source"), model=meta.get("model", ""),
-                          dataset="live", layer=int(meta["layer"]),
-                          measured_layers=[int(meta["layer"])], n_prompts=len(meta["prompts"]),
-                          source="emtrait.live.MonitorCallback", every=self.every,
-                          on_alarm=self.on_alarm if isinstance(self.on_alarm, str) else "callable",
-                          monitor=str(self.monitor.path or ""))
+        """Store the pending readings in order; a step's loss is the mean logged loss since the
+        previous stored step (step 0: the first logged loss, NaN if none yet)."""
+        while self._pending:
+            reading, measurement = self._pending.pop(0)
+            losses = [h["loss"] for h in state.log_history if "loss" in h
+                      and self._stored_step < h["step"] <= max(reading.step, 0)]
+            if reading.step == 0:
+                losses = losses[:1] or [h["loss"] for h in state.log_history if "loss" in h][:1]
+            loss = float(sum(losses) / len(losses)) if losses else math.nan
+            row = self.record.row(self.monitor.traits, reading.step, measurement, loss)
+            self._store.append(row, self.record.attrs, extra_attrs=self._stop_attrs)
+            self._stored_step = reading.step
+            self.stored_steps.append(reading.step)
 
     def _checkpoint_state(self) -> dict[str, Any]:
         return {"monitor": self.monitor.state_dict(), "stored_step": self._stored_step,
@@ -271,17 +320,24 @@ class MonitorCallback(TrainerCallback):
             self._store.truncate(self._stored_step)  # steps after the checkpoint are redone
 
 
-def _store_row(live: LiveMonitor, step: int, m: Any, loss: float) -> Any:
-    """One step of the run store from a Measurement, through the workflow's `step_dataset`."""
-    from emtrait.finetune.store import step_dataset
+def _monitor_record(live: LiveMonitor, every: int, on_alarm: Any) -> RunRecord:
+    """The run store of a monitored finetune: the workflow's run-store attrs plus where the
+    readings came from; coordinates from the monitor file."""
+    from emtrait.provenance import provenance
 
     meta = live.monitor.meta
-    traits = live.traits
-    return step_dataset(step, m, traits=traits,
-                        prompt_categories=meta.get("prompt_categories")
-                        or [""] * len(meta["prompts"]),
-                        loss=loss, trait_sets=[str(meta.get("trait_set", "monitor"))] * len(traits),
-                        directions=live.monitor.directions)
+    calib = meta.get("provenance") or {}
+    attrs = provenance(config_hash=str(calib.get("config_hash", "")),
+                       model_source=meta.get("model_source"), model=meta.get("model", ""),
+                       dataset="live", layer=int(meta["layer"]),
+                       measured_layers=[int(meta["layer"])], n_prompts=len(meta["prompts"]),
+                       source="emtrait.live.MonitorCallback", every=every,
+                       on_alarm=on_alarm if isinstance(on_alarm, str) else "callable",
+                       monitor=str(live.path or ""))
+    return RunRecord(attrs=attrs,
+                     prompt_categories=meta.get("prompt_categories") or [""] * len(meta["prompts"]),
+                     trait_sets=[str(meta.get("trait_set", "monitor"))] * len(live.traits),
+                     directions=live.monitor.directions)
 
 
 def log_through_trainer(handler: Any, args: TrainingArguments, state: TrainerState,

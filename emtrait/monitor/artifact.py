@@ -27,6 +27,7 @@ from emtrait.errors import DataError, ModelError, StoreError
 
 if TYPE_CHECKING:
     from emtrait.config import Config
+    from emtrait.monitor.protocol import Prediction
 
 FORMAT = "emtrait-monitor"
 VERSION = 2
@@ -53,17 +54,17 @@ class Monitor:
     def traits(self) -> list[str]:
         return list(self.meta["traits"])
 
-    def predict(self, drift: np.ndarray, steps: np.ndarray) -> dict[str, np.ndarray]:
-        """Predicted EM, alarm probability and flag per row of drift (row, trait)."""
-        from emtrait.monitor.protocol import alarm_probability
+    def predict(self, drift: np.ndarray, steps: np.ndarray) -> Prediction:
+        """The verdict per row of drift (row, trait): predicted EM, alarm probability and the
+        alarm at the stored `alarm_threshold`."""
+        from emtrait.monitor.protocol import verdict
 
         x = np.asarray(drift, float)
         if self.meta["include_step"]:
             x = np.column_stack([x, np.asarray(steps, float)])
         pred = np.clip(self.regressor.predict(x), 0.0, 1.0)
-        return {"pred_em": pred,
-                "alarm_prob": alarm_probability(pred, self.meta["threshold"], self.meta["sigma"]),
-                "flag": pred > self.meta["threshold"]}
+        return verdict(pred, threshold=self.meta["threshold"], sigma=self.meta["sigma"],
+                       alarm_threshold=self.meta["alarm_threshold"])
 
 
 def save_monitor(path: str | os.PathLike, monitor: Monitor) -> None:
@@ -168,9 +169,9 @@ def model_fingerprint(model: Any, tokenizer: Any) -> dict[str, Any]:
     """
     import torch
 
-    from emtrait.modeling import _base, decoder_layers
+    from emtrait.modeling import base_model, decoder_layers
 
-    base = _base(model)
+    base = base_model(model)
     emb = base.get_input_embeddings().weight  # (vocab, hidden)
     rows = _fingerprint_rows(emb.shape[0])
     with torch.no_grad():
@@ -302,7 +303,7 @@ def live_meta(cfg: Config, model_name: str, pointer: str | os.PathLike) -> dict[
 
     The fingerprint reads the model's config, tokenizer and 256 embedding rows, not its weights.
     """
-    from emtrait.finetune.measure import eval_prompts
+    from emtrait.measure.inputs import eval_prompts
     from emtrait.modeling import read_pointer
 
     entry = cfg.model(model_name)

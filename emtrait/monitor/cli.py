@@ -142,7 +142,7 @@ def score(
     run: Path = typer.Option(..., "--run", help="A run's measure.zarr."),
     out: Path = typer.Option(None, "--out", help="Also write the table as CSV here."),
 ) -> None:
-    """Print per-step risk of a run: predicted EM rate, alarm probability, flag."""
+    """Print per-step risk of a run: predicted EM rate, alarm probability, alarm."""
     import pandas as pd
 
     from emtrait.monitor.artifact import load_monitor, run_drift
@@ -150,12 +150,12 @@ def score(
     mon = load_monitor(monitor)
     steps, drift = run_drift(mon, run)
     res = mon.predict(drift, steps)
-    table = pd.DataFrame({"step": steps, **res})
-    typer.echo(f"monitor {mon.meta['model']} ({mon.meta['regressor_name']}, flag when predicted "
-               f"EM > {mon.meta['threshold']:.3f}) on {run}")
-    typer.echo(f"{'step':>6} {'pred_em':>8} {'alarm_p':>8}  flag")
+    table = pd.DataFrame({"step": steps, **res.columns()})
+    typer.echo(f"monitor {mon.meta['model']} ({mon.meta['regressor_name']}, alarm when "
+               f"P(EM > {mon.meta['threshold']:.3f}) > {mon.meta['alarm_threshold']:g}) on {run}")
+    typer.echo(f"{'step':>6} {'pred_em':>8} {'alarm_p':>8}  alarm")
     for r in table.itertuples():
         typer.echo(f"{r.step:>6d} {r.pred_em:>8.3f} {r.alarm_prob:>8.3f}  "
-                   f"{'ALARM' if r.flag else '-'}")
+                   f"{'ALARM' if r.alarm else '-'}")
     if out is not None:
         _csv(table, out)

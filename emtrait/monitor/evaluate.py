@@ -9,25 +9,25 @@ from __future__ import annotations
 import numpy as np
 
 from emtrait.cube.read import Checkpoints, checkpoints, trait_columns
+from emtrait.drift import danger_axis
 from emtrait.errors import DataError
 from emtrait.monitor.artifact import NORM0_POLICY, Monitor
 from emtrait.monitor.data import calibration_and_heldout
 from emtrait.monitor.features import Context, compute, feature_names
 from emtrait.monitor.metrics import STEP0_POLICIES, metrics_table
 from emtrait.monitor.protocol import (
-    alarm_probability,
     first_alarm,
     fit_predict,
     heldout_split,
     lopo_splits,
     make_regressor,
     select_regressor,
+    verdict,
 )
-from emtrait.screen.core import danger_axis
 
 PRED_COLUMNS = ["model", "feature_set", "protocol", "fold", "dataset", "seed", "step", "role",
                 "label", "em_rate", "em_missing", "dangerous", "pred_em", "alarm_prob", "flag",
-                "label_method"]
+                "alarm", "label_method"]
 
 
 def label_method(attrs) -> str:
@@ -109,7 +109,7 @@ def evaluate(ds, monitor: Monitor, cfg, expected_heldout: list[str]):
         for split in splits:
             if fs == monitor_set and split.protocol == "heldout":
                 _, x = trait_columns(cp, monitor_set)
-                pred = monitor.predict(x[split.test], cp.rows.step.values[split.test])["pred_em"]
+                pred = monitor.predict(x[split.test], cp.rows.step.values[split.test]).pred_em
             else:
                 x = compute(fs, ctx, split.train, monitor_set, cp.trait_sets)
                 pred = fit_predict(x, y, split, regressor, mcfg.seed)
@@ -119,15 +119,17 @@ def evaluate(ds, monitor: Monitor, cfg, expected_heldout: list[str]):
         lopo = frame[(frame.protocol == "lopo") & ~frame.em_missing]
         sigma = (monitor.meta["sigma"] if fs == monitor_set
                  else float(np.std(lopo.pred_em - lopo.em_rate)))
-        frame["alarm_prob"] = alarm_probability(frame.pred_em.values, mcfg.threshold, sigma)
-        frame["flag"] = frame.pred_em > mcfg.threshold
+        decided = verdict(frame.pred_em.values, threshold=mcfg.threshold, sigma=sigma,
+                          alarm_threshold=mcfg.alarm_threshold)
+        for k, v in decided.columns().items():
+            frame[k] = v
         frames.append(frame)
     pred = pd.concat(frames, ignore_index=True).assign(
         label_method=label_method(ds.attrs))[PRED_COLUMNS]
     metrics = metrics_table(pred, ["model", "feature_set", "protocol", "dataset"],
                             bootstrap=mcfg.bootstrap, seed=mcfg.seed, step0=_step0_order(mcfg))
     metrics["headline"] = metrics.step0 == mcfg.step0
-    alarms = first_alarm(pred, mcfg.alarm_threshold)
+    alarms = first_alarm(pred)
     return pred, metrics, alarms
 
 
@@ -153,11 +155,11 @@ def stress(ds, monitors: dict[str, Monitor], cfg):
             raise DataError(f"cube of model {model} lacks traits {missing} of monitor {name}")
         cols = [cp.traits.index(t) for t in mon.traits]
         out = mon.predict(cp.drift[idx][:, cols], cp.rows.step.values[idx])
-        frames.append(_frame(cp, idx, monitor=name, condition=condition, **out))
+        frames.append(_frame(cp, idx, monitor=name, condition=condition, **out.columns()))
     if not frames:
         empty = pd.DataFrame(columns=["model", "monitor", "condition", "dataset", "seed", "step",
                                       "role", "label", "em_rate", "em_missing", "dangerous",
-                                      "pred_em", "alarm_prob", "flag"])
+                                      "pred_em", "alarm_prob", "flag", "alarm"])
         return empty, pd.DataFrame(columns=["model", "monitor", "condition", "dataset", "n"])
     pred = pd.concat(frames, ignore_index=True)
     pred["label_method"] = label_method(ds.attrs)

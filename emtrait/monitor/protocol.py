@@ -92,6 +92,36 @@ def alarm_probability(pred_em: np.ndarray, threshold: float, sigma: float) -> np
     return norm.cdf((np.asarray(pred_em, float) - threshold) / sigma)
 
 
+@dataclass(frozen=True)
+class Prediction:
+    """The monitor's verdict per row (checkpoint): the one place "alarm" is decided.
+
+    `alarm` is THE alarm everywhere (live readings, `monitor score`, the evaluation's first
+    alarm, the stress report): the alarm probability above `alarm_threshold`. `flag` is the
+    checkpoint's classification (predicted EM above the EM threshold) that FNR/FPR score.
+    """
+
+    pred_em: np.ndarray  # predicted EM rate, clipped to [0, 1]
+    alarm_prob: np.ndarray  # P(true EM > threshold) = Φ((pred_em − threshold) / σ)
+    alarm: np.ndarray  # bool: alarm_prob > alarm_threshold
+    flag: np.ndarray  # bool: pred_em > threshold
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """The record as table columns (pred_em, alarm_prob, flag, alarm)."""
+        return {"pred_em": self.pred_em, "alarm_prob": self.alarm_prob, "flag": self.flag,
+                "alarm": self.alarm}
+
+
+def verdict(pred_em: np.ndarray, *, threshold: float, sigma: float,
+            alarm_threshold: float) -> Prediction:
+    """Alarm probability, alarm and flag of predicted EM rates (`Monitor.predict` and the
+    evaluation's baselines, which have their own σ, decide through this one function)."""
+    pred = np.asarray(pred_em, float)
+    prob = alarm_probability(pred, threshold, sigma)
+    return Prediction(pred_em=pred, alarm_prob=prob, alarm=prob > alarm_threshold,
+                      flag=pred > threshold)
+
+
 def select_regressor(x: np.ndarray, y: np.ndarray, splits: list[Split], candidates: list[str],
                      seed: int) -> tuple[str, float, list[dict]]:
     """Pick the candidate with the lowest LOPO mean absolute error on EM rate.
@@ -122,14 +152,14 @@ def select_regressor(x: np.ndarray, y: np.ndarray, splits: list[Split], candidat
     return best, best_sigma, table
 
 
-def first_alarm(pred, alarm_threshold: float):
-    """Per run: first step whose alarm probability exceeds the threshold (NaN if never)."""
+def first_alarm(pred):
+    """Per run: the first step whose `alarm` (`Prediction.alarm`) is set (NaN if never)."""
     import pandas as pd
 
     out = []
     keys = ["model", "feature_set", "protocol", "dataset", "seed"]
     for key, run in pred.sort_values("step").groupby(keys, sort=True):
-        fired = run[run.alarm_prob > alarm_threshold]
+        fired = run[run.alarm.astype(bool)]
         danger = run.dangerous.dropna()
         out.append({**dict(zip(keys, key, strict=True)), "label": run.label.iloc[0],
                     "role": run.role.iloc[0],

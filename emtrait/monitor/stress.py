@@ -141,21 +141,20 @@ def score_variants(cube: xr.Dataset, monitor: Monitor) -> pd.DataFrame:
             frame.insert(2, "reference", reference)
             frame["start_from"] = start
             frame["drift_norm"] = np.linalg.norm(cp.drift[:, cols], axis=1)
-            for k, val in out.items():
+            for k, val in out.columns().items():
                 frame[k] = val
             frames.append(frame)
     return pd.concat(frames, ignore_index=True)
 
 
-def run_alarms(pred: pd.DataFrame, alarm_threshold: float, condition: list[str]
-               ) -> pd.DataFrame:
+def run_alarms(pred: pd.DataFrame, condition: list[str]) -> pd.DataFrame:
     """First-alarm step per run, by `emtrait.monitor.protocol.first_alarm`, keyed by the
     condition columns (e.g. variant, reference) instead of feature set and protocol."""
     from emtrait.monitor.protocol import first_alarm
 
     a, b = condition
     frame = pred.rename(columns={a: "feature_set", b: "protocol"})
-    return first_alarm(frame, alarm_threshold).rename(columns={"feature_set": a, "protocol": b})
+    return first_alarm(frame).rename(columns={"feature_set": a, "protocol": b})
 
 
 def trajectories(cube: xr.Dataset, traits: list[str], source: str) -> pd.DataFrame:

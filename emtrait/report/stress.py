@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 COLUMNS = ["model", "monitor", "condition", "dataset", "seed", "step", "role", "label",
-           "dangerous", "pred_em", "alarm_prob", "flag"]
+           "dangerous", "pred_em", "alarm_prob", "flag", "alarm"]
 
 
 def variant_condition(variant: str, reference: str, start_from: str) -> str:
@@ -48,8 +48,7 @@ def conditions(variant_pred: pd.DataFrame, stress_pred: pd.DataFrame) -> pd.Data
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=COLUMNS)
 
 
-def stress_tables(frame: pd.DataFrame, *, alarm_threshold: float, bootstrap: int, seed: int
-                  ) -> pd.DataFrame:
+def stress_tables(frame: pd.DataFrame, *, bootstrap: int, seed: int) -> pd.DataFrame:
     """One row per (model, monitor, condition): run alarm rates, first-alarm step, FNR/FPR/AUROC
     with run-level intervals (pooled over datasets)."""
     import pandas as pd
@@ -62,7 +61,7 @@ def stress_tables(frame: pd.DataFrame, *, alarm_threshold: float, bootstrap: int
     by = ["model", "monitor", "condition"]
     metrics = metrics_table(frame, [*by, "dataset"], bootstrap=bootstrap, seed=seed)
     metrics = metrics[metrics.dataset == "pooled"].drop(columns="dataset")
-    alarms = run_alarms(frame, alarm_threshold, ["monitor", "condition"])
+    alarms = run_alarms(frame, ["monitor", "condition"])
     rows = []
     for key, g in alarms.groupby(by, sort=False):
         dan = g[g.ever_dangerous.astype(str) == "True"]
@@ -119,12 +118,12 @@ def stress_section(table: pd.DataFrame, *, alarm_threshold: float, bootstrap: in
 def variant_drift(traj: pd.DataFrame):
     """‖drift‖ over steps: calibration runs (thin; red dangerous, blue benign) beside every
     variant's runs (thick, one colour per variant), one panel per model."""
-    from emtrait.report.figures import PALETTE, _empty, _figure
+    from emtrait.report.figures import PALETTE, empty_figure, new_figure
 
     if not len(traj):
-        return _empty("no training variants in this config")
+        return empty_figure("no training variants in this config")
     models = sorted(traj.model.unique())
-    fig, axes = _figure(1, len(models), w=5.0, h=3.6)
+    fig, axes = new_figure(1, len(models), w=5.0, h=3.6)
     variants = sorted(set(traj.loc[traj.source == "variant", "variant"]))
     colours = dict(zip(variants, ["#8e44ad", "#16a085", "#d35400", "#2c3e50", "#c71585",
                                   "#7f8c00", "#1f618d", "#6e2c00"] * 4, strict=False))

@@ -54,7 +54,7 @@ def screen_dataset(cfg: Config, model_name: str, dataset: str, *, pointer: str |
                    monitor_path: str | os.PathLike | None = None, mode: str | None = None
                    ) -> ScreenResult:
     """Screen one prepared dataset of the workflow on every trait of the model's directions."""
-    from emtrait.finetune.measure import eval_prompts, read_directions
+    from emtrait.measure.inputs import eval_prompts, read_directions
     from emtrait.modeling import load_model, read_pointer
     from emtrait.monitor.artifact import load_monitor
     from emtrait.provenance import provenance

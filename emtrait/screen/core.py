@@ -12,8 +12,8 @@ the same context, i.e. how far the data's replies sit from what the model would 
 
 Risk: the score vector on the monitor's traits dotted with the monitor's danger axis, the unit
 vector from the mean drift of benign to the mean drift of dangerous calibration checkpoints
-(`danger_axis`, stored in the monitor by `emtrait monitor fit`). In `none` mode it carries the
-base model's own offset along that axis (the same for every dataset of a model).
+(`emtrait.drift.danger_axis`, stored in the monitor by `emtrait monitor fit`). In `none` mode
+it carries the base model's own offset along that axis (the same for every dataset of a model).
 
 Everything streams: examples are read, scored and written in chunks; the dataset score's
 bootstrap is a Poisson bootstrap updated per chunk, so memory does not grow with n.
@@ -44,7 +44,7 @@ CHUNK = 256  # examples read, scored and written at a time
 
 @dataclass(frozen=True)
 class ChatFormat:
-    """The model's chat conventions (what `finetune.data._model_messages` reads) + max length."""
+    """The model's chat conventions (what `emtrait.modeling.model_messages` reads) + max length."""
 
     system_prompt_method: str = "native"
     no_system_prompt: str = "template_default"
@@ -96,13 +96,12 @@ def assistant_tokens(tok: Any, messages: list[dict[str, str]], fmt: ChatFormat
     right truncation); a token is an assistant token when its characters overlap the content of
     an assistant turn of the data (not the template's markers, not a synthetic UNDERSTOOD turn).
     """
-    from emtrait.finetune.data import _model_messages, _reply_spans
-    from emtrait.modeling import render_chat
+    from emtrait.modeling import model_messages, render_chat, reply_spans
 
-    msgs, trained = _model_messages(messages, fmt)
+    msgs, trained = model_messages(messages, fmt)
     text = render_chat(tok, msgs, add_generation_prompt=False, model_name=fmt.model_name)
     spans = []
-    for (a, b), i in zip(_reply_spans(tok, msgs, trained, text, fmt.model_name),
+    for (a, b), i in zip(reply_spans(tok, msgs, trained, text, fmt.model_name),
                          [i for i, t in enumerate(trained) if t], strict=True):
         content = msgs[i]["content"].strip()
         if not content:
@@ -158,7 +157,7 @@ def base_norm0(model: Any, tok: Any, prompts: Sequence[str], directions: np.ndar
                layer: int, fmt: ChatFormat, batch_size: int = 16) -> float:
     """norm0 as every finetune of this model computes it at step 0 (eval prompts, last token)."""
     from emtrait.drift import mean_norm
-    from emtrait.live.probe import TraitProbe
+    from emtrait.measure.probe import TraitProbe
     from emtrait.modeling import format_user_prompts
 
     texts = format_user_prompts(tok, list(prompts), model_name=fmt.model_name,
@@ -174,14 +173,13 @@ def generate_replies(model: Any, tok: Any, chats: Sequence[list[dict[str, str]]]
     """The base model's greedy reply to the context of every assistant turn of every chat."""
     import torch
 
-    from emtrait.finetune.data import _model_messages
-    from emtrait.modeling import padding, render_chat
+    from emtrait.modeling import model_messages, padding, render_chat
 
     contexts, where = [], []
     for c, chat in enumerate(chats):
         for j, m in enumerate(chat):
             if m["role"] == "assistant":
-                msgs, _ = _model_messages(chat[:j], fmt)
+                msgs, _ = model_messages(chat[:j], fmt)
                 contexts.append(render_chat(tok, msgs, add_generation_prompt=True,
                                             model_name=fmt.model_name))
                 where.append(c)
@@ -213,25 +211,6 @@ def with_replies(chat: list[dict[str, str]], replies: list[str]) -> list[dict[st
 # ---------------------------------------------------------------------------------------------
 # the streaming screen
 # ---------------------------------------------------------------------------------------------
-
-
-def danger_axis(drift: np.ndarray, dangerous: np.ndarray) -> np.ndarray:
-    """Unit vector from mean benign to mean dangerous drift (row, trait): the monitor's axis."""
-    import numpy as np
-
-    x = np.asarray(drift, float)
-    y = np.asarray(dangerous, float)
-    ok = np.isfinite(y) & np.isfinite(x).all(axis=1)
-    x, y = x[ok], y[ok].astype(bool)
-    if y.all() or not y.any():
-        raise DataError("the danger axis needs dangerous and benign calibration checkpoints; "
-                        f"got {int(y.sum())} dangerous of {len(y)}")
-    d = x[y].mean(axis=0) - x[~y].mean(axis=0)
-    n = float(np.linalg.norm(d))
-    if not n > 0:
-        raise DataError("dangerous and benign calibration checkpoints have the same mean drift; "
-                        "there is no danger axis")
-    return d / n
 
 
 class _Bootstrap:
@@ -296,7 +275,7 @@ class Scorer:
         import numpy as np
 
         from emtrait.drift import normalise
-        from emtrait.live.probe import frozen_for_measuring
+        from emtrait.measure.probe import frozen_for_measuring
 
         rows = [assistant_tokens(self.tokenizer, c, self.fmt) for c in chats]
         with frozen_for_measuring(self.model):

@@ -100,7 +100,7 @@ def score(
     pred = score_variants(variants, mon)
     metrics = metrics_table(pred, ["model", "variant", "reference", "dataset"],
                             bootstrap=cfg.monitor.bootstrap, seed=cfg.monitor.seed)
-    alarms = run_alarms(pred, cfg.monitor.alarm_threshold, ["variant", "reference"])
+    alarms = run_alarms(pred, ["variant", "reference"])
     traj = pd.concat([trajectories(open_cube(calibration_cube), mon.traits, "calibration"),
                       trajectories(variants, mon.traits, "variant")], ignore_index=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -140,8 +140,7 @@ def report(
     frame = conditions(cat("predictions.csv", variant_dir),
                        cat("stress_predictions.csv", stress_dir))
     mcfg = cfg.monitor
-    table = stress_tables(frame, alarm_threshold=mcfg.alarm_threshold,
-                          bootstrap=mcfg.bootstrap, seed=mcfg.seed)
+    table = stress_tables(frame, bootstrap=mcfg.bootstrap, seed=mcfg.seed)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     fig = variant_drift(cat("trajectories.csv", variant_dir))
     for ext in ("png", "svg"):

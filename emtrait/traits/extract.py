@@ -124,10 +124,7 @@ class Extraction:
 def extract(model: Any, tokenizer: Any, cfg: Config, model_name: str,
             progress: bool = False) -> Extraction:
     """Extract, validate and select: the pure-ish core shared by the CLI, tests and bench."""
-    import numpy as np
-
     from emtrait.modeling import check_layers, decoder_layers
-    from emtrait.traits import select
 
     tcfg, entry = cfg.traits, cfg.model(model_name)
     layers = list(entry.candidate_layers)
@@ -147,10 +144,44 @@ def extract(model: Any, tokenizer: Any, cfg: Config, model_name: str,
     texts = [x for p in prompts.values() for x in p.texts]
     acts = pooled_activations(model, tokenizer, texts, layers, tcfg, progress)
     t_capture = time.perf_counter() - t0
+    directions, probe, per_trait = _directions(rows, prompts, acts, tcfg)
+    t_probe = time.perf_counter() - t0 - t_capture
 
-    hidden = acts.shape[-1]
-    directions = np.zeros((len(rows), len(layers), hidden))
-    probe = np.full((len(rows), len(layers)), np.nan)
+    monitor = [i for i, (_, s, t) in enumerate(rows) if s == tcfg.monitor_set and t is not None]
+    scores, selector = _select(model, tokenizer, cfg, model_name, rows, monitor, directions,
+                               probe, per_trait, progress)
+    choice = None
+    if entry.layer == "auto":
+        choice = _choose_layer(layers, scores, selector, tcfg, lambda: _scores(
+            tcfg.tie_breaker, model, tokenizer, cfg, model_name, rows, monitor, directions,
+            probe, per_trait, progress))
+        layer = choice.layer
+        (log.info if choice.discriminated else log.warning)(f"{model_name}: {choice.reason}")
+    else:
+        layer = int(entry.layer)
+    pass_fraction = _check_probe(tcfg, rows, monitor, probe[:, layers.index(layer)], layer,
+                                 model_name)
+    return Extraction(
+        names=[r[0] for r in rows], sets=[r[1] for r in rows], layers=layers,
+        directions=directions, probe=probe, scores=scores, layer=layer, selector=selector,
+        pass_fraction=pass_fraction, choice=choice,
+        seconds={"capture": t_capture, "probe": t_probe,
+                 "select": time.perf_counter() - t0 - t_capture - t_probe},
+    )
+
+
+def _directions(rows: list[tuple[str, str, Trait | None]], prompts: dict[str, TraitPrompts],
+                acts: np.ndarray, tcfg: TraitsConfig
+                ) -> tuple[np.ndarray, np.ndarray, dict[str, tuple[np.ndarray, ...]]]:
+    """Unit directions (row, layer, hidden), probe accuracy (row, layer) and each trait's
+    (activations, labels, question ids) from the pooled activations (layer, text, hidden)."""
+    import numpy as np
+
+    from emtrait.traits import select
+
+    n_layers, hidden = acts.shape[0], acts.shape[-1]
+    directions = np.zeros((len(rows), n_layers, hidden))
+    probe = np.full((len(rows), n_layers), np.nan)
     per_trait: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     start = 0
     for i, (name, set_name, trait) in enumerate(rows):
@@ -165,30 +196,30 @@ def extract(model: Any, tokenizer: Any, cfg: Config, model_name: str,
         labels = np.asarray(p.labels)
         per_trait[name] = (a, labels, np.asarray(p.question))
         directions[i] = select.unit_mean_difference(a, labels)
-        for j in range(len(layers)):
+        for j in range(n_layers):
             probe[i, j] = select.probe_accuracy(a[j], labels, tcfg.probe_folds)
-    t_probe = time.perf_counter() - t0 - t_capture
+    return directions, probe, per_trait
 
-    monitor = [i for i, (_, s, t) in enumerate(rows) if s == tcfg.monitor_set and t is not None]
-    scores, selector = _select(model, tokenizer, cfg, model_name, rows, monitor, directions,
-                               probe, per_trait, progress)
-    choice = None
-    if entry.layer == "auto":
-        choice = select.choose_layer(
-            layers, scores, lambda: _scores(tcfg.tie_breaker, model, tokenizer, cfg, model_name,
-                                            rows, monitor, directions, probe, per_trait,
-                                            progress),
-            selector=selector, tie_breaker=tcfg.tie_breaker, tolerance=tcfg.tie_tolerance,
-            eager=tcfg.tie_breaker != "steering")
-        layer = choice.layer
-        (log.info if choice.discriminated else log.warning)(f"{model_name}: {choice.reason}")
-    else:
-        layer = int(entry.layer)
-    j = layers.index(layer)
-    passed = probe[monitor, j] > tcfg.probe_threshold
+
+def _choose_layer(layers: list[int], scores: np.ndarray, selector: str, tcfg: TraitsConfig,
+                 tie_scores: Any) -> Any:
+    """`layer: auto`: the configured selector's best layer, the tie-breaker deciding ties
+    (`tie_scores()` computes its scores, only when needed unless it is cheap)."""
+    from emtrait.traits import select
+
+    return select.choose_layer(layers, scores, tie_scores, selector=selector,
+                               tie_breaker=tcfg.tie_breaker, tolerance=tcfg.tie_tolerance,
+                               eager=tcfg.tie_breaker != "steering")
+
+
+def _check_probe(tcfg: TraitsConfig, rows: list[tuple[str, str, Trait | None]],
+                 monitor: list[int], probe_at: np.ndarray, layer: int, model_name: str) -> float:
+    """Share of the monitor set's traits whose probe passes at l*; too few: error or warning
+    (`traits.on_fail`)."""
+    passed = probe_at[monitor] > tcfg.probe_threshold
     pass_fraction = float(passed.mean()) if monitor else float("nan")
     if monitor and pass_fraction < tcfg.min_pass_fraction:
-        report = ", ".join(f"{rows[i][0]}={probe[i, j]:.2f}" for i in monitor)
+        report = ", ".join(f"{rows[i][0]}={probe_at[i]:.2f}" for i in monitor)
         msg = (f"only {pass_fraction:.0%} of traits.sets.{tcfg.monitor_set} pass the probe "
                f"(accuracy > {tcfg.probe_threshold}) at layer {layer} of {model_name} "
                f"(need {tcfg.min_pass_fraction:.0%}): {report}. Check the prompt set and "
@@ -196,13 +227,7 @@ def extract(model: Any, tokenizer: Any, cfg: Config, model_name: str,
         if tcfg.on_fail == "error":
             raise DataError(msg)
         log.warning(msg)
-    return Extraction(
-        names=[r[0] for r in rows], sets=[r[1] for r in rows], layers=layers,
-        directions=directions, probe=probe, scores=scores, layer=layer, selector=selector,
-        pass_fraction=pass_fraction, choice=choice,
-        seconds={"capture": t_capture, "probe": t_probe,
-                 "select": time.perf_counter() - t0 - t_capture - t_probe},
-    )
+    return pass_fraction
 
 
 def _select(model, tokenizer, cfg, model_name, rows, monitor, directions, probe, per_trait,

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from emtrait.config import Config, ModelEntry
-    from emtrait.live.probe import TraitProbe
+    from emtrait.measure.probe import TraitProbe
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,7 @@ def format_prompts(tok: Any, prompts: list[EvalPrompt], entry: ModelEntry, model
 def run_probe(cfg: Config, tok: Any, directions: Directions, prompts: list[EvalPrompt],
               texts: list[str], layers: list[int]) -> TraitProbe:
     """The workflow's probe: every trait at l* (and the other `layers`), config batch/prefix."""
-    from emtrait.live.probe import TraitProbe
+    from emtrait.measure.probe import TraitProbe
 
     if not prompts:
         raise DataError("no evaluation prompts to measure with (measurement.prompts)")

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     import numpy as np
     import xarray as xr
 
-    from emtrait.live.probe import Measurement
+    from emtrait.measure.probe import Measurement
 
 
 def step_dataset(step: int, m: Measurement, *, traits: Sequence[str],

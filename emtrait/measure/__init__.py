@@ -1,0 +1,1 @@
+"""Measurement: eval prompts, the probe, the run store, reading directions."""

@@ -43,7 +43,7 @@ def start(
 ) -> None:
     """Merge a finished run's final weights into a model folder: a misaligned starting point."""
     from emtrait.config import load_config
-    from emtrait.finetune.start import build_start
+    from emtrait.stress.start import build_start
 
     record = build_start(load_config(config), model, pointer, adapters, out)
     typer.echo(f"{out}/model.json: start model from {record['start_checkpoint']}")
@@ -64,7 +64,7 @@ def cube(
 ) -> None:
     """Merge every variant's runs of a model into one cube with a `variant` dimension."""
     from emtrait.config import load_config
-    from emtrait.monitor.stress import variant_cube, write_variant_cube
+    from emtrait.stress.variants import variant_cube, write_variant_cube
 
     refs = {v: p[0] for v, p in _by_variant(reference, "--reference").items()}
     ds = variant_cube(load_config(config), model, _by_variant(run, "--run"),
@@ -91,7 +91,7 @@ def score(
     from emtrait.cube.read import open_cube
     from emtrait.monitor.artifact import load_monitor
     from emtrait.monitor.metrics import metrics_table
-    from emtrait.monitor.stress import run_alarms, score_variants, trajectories
+    from emtrait.stress.variants import run_alarms, score_variants, trajectories
     from emtrait.stores import open_store
 
     cfg = load_config(config)
@@ -129,7 +129,7 @@ def report(
     from emtrait.atomic import atomic_path, write_text
     from emtrait.config import load_config
     from emtrait.provenance import provenance
-    from emtrait.report.stress import conditions, stress_section, stress_tables, variant_drift
+    from emtrait.stress.report import conditions, stress_section, stress_tables, variant_drift
 
     cfg = load_config(config)
 

@@ -188,7 +188,7 @@ if VARIANT_MODELS or STRESS_MODELS:
             variants=[f"{variant_scores_dir(m)}/{name}.csv" for m in VARIANT_MODELS
                       for name in ("predictions", "trajectories")],
             stress=[f"{MONITOR.format(model=m)}/stress_predictions.csv" for m in STRESS_MODELS],
-            code=emtrait_source("report/stress.py"),
+            code=emtrait_source("stress/report.py"),
         output:
             summary=report(f"{STRESS_REPORT}/summary.md", caption="../report/stress_summary.rst",
                            category="Stress tests"),

@@ -55,7 +55,7 @@ def stress_tables(frame: pd.DataFrame, *, alarm_threshold: float, bootstrap: int
     import pandas as pd
 
     from emtrait.monitor.metrics import metrics_table
-    from emtrait.monitor.stress import run_alarms
+    from emtrait.stress.variants import run_alarms
 
     if not len(frame):
         return pd.DataFrame()

@@ -12,7 +12,8 @@ import numpy as np
 PALETTE = {"dangerous": "#c0392b", "benign": "#2e86c1", "unknown": "#7f8c8d"}
 
 
-def _figure(nrows: int = 1, ncols: int = 1, w: float = 4.0, h: float = 3.2, **kw):
+def new_figure(nrows: int = 1, ncols: int = 1, w: float = 4.0, h: float = 3.2, **kw):
+    """A Figure of nrows x ncols axes (w x h inches each) in the report's theme; axes 2-D."""
     import seaborn as sns
     from matplotlib.figure import Figure
 
@@ -22,8 +23,9 @@ def _figure(nrows: int = 1, ncols: int = 1, w: float = 4.0, h: float = 3.2, **kw
     return fig, axes
 
 
-def _empty(message: str):
-    fig, axes = _figure()
+def empty_figure(message: str):
+    """A one-panel Figure saying why there is nothing to draw."""
+    fig, axes = new_figure()
     axes[0, 0].text(0.5, 0.5, message, ha="center", va="center", wrap=True)
     axes[0, 0].set_axis_off()
     return fig
@@ -40,7 +42,7 @@ def drift_over_steps(traj, label_method: str = ""):
 
     models = sorted(traj.model.unique())
     datasets = list(dict.fromkeys(traj.sort_values(["role", "dataset"]).dataset))
-    fig, axes = _figure(len(models), len(datasets), w=2.6, h=2.2, sharex=False)
+    fig, axes = new_figure(len(models), len(datasets), w=2.6, h=2.2, sharex=False)
     for i, m in enumerate(models):
         for j, d in enumerate(datasets):
             ax = axes[i, j]
@@ -71,7 +73,7 @@ def direction_magnitude(traj, label_method: str = ""):
     sub = traj[traj.step > 0].copy()
     sub["behaviour"] = np.where(sub.dangerous == 1, "EM > threshold",
                                 np.where(sub.dangerous == 0, "EM ≤ threshold", "EM missing"))
-    fig, axes = _figure(w=5.5, h=4.0)
+    fig, axes = new_figure(w=5.5, h=4.0)
     sns.scatterplot(sub, x="drift_norm", y="cos_danger", hue="behaviour", style="role",
                     palette={"EM > threshold": PALETTE["dangerous"],
                              "EM ≤ threshold": PALETTE["benign"], "EM missing": "#999999"},
@@ -89,7 +91,7 @@ def pca_loadings_scree(pca: dict):
     import seaborn as sns
 
     ratio = np.asarray(pca["explained_variance_ratio"], float)
-    fig, axes = _figure(1, 2, w=4.2, h=3.4)
+    fig, axes = new_figure(1, 2, w=4.2, h=3.4)
     ax = axes[0, 0]
     pcs = [f"PC{i + 1}" for i in range(len(ratio))]
     sns.barplot(x=pcs, y=ratio * 100, color="#5d6d7e", ax=ax)
@@ -131,8 +133,8 @@ def matched_profiles(pairs):
     import seaborn as sns
 
     if not len(pairs):
-        return _empty("no benign/dangerous pairs to match on |PC1|")
-    fig, axes = _figure(w=6.0, h=3.6)
+        return empty_figure("no benign/dangerous pairs to match on |PC1|")
+    fig, axes = new_figure(w=6.0, h=3.6)
     sns.barplot(pairs, x="trait", y="drift", hue="kind", errorbar="sd", palette=PALETTE,
                 ax=axes[0, 0])
     gap = pairs.groupby("pair").gap.first()
@@ -148,10 +150,10 @@ def trait_cosines(cosines: dict):
     import seaborn as sns
 
     if not cosines:
-        return _empty("no direction stores given")
+        return empty_figure("no direction stores given")
     n = len(cosines)
     size = max(4.0, 0.25 * max(len(c) for c in cosines.values()))
-    fig, axes = _figure(1, n, w=size + 1, h=size)
+    fig, axes = new_figure(1, n, w=size + 1, h=size)
     for ax, (model, frame) in zip(axes[0], sorted(cosines.items()), strict=True):
         sns.heatmap(frame, vmin=-1, vmax=1, cmap="vlag", square=True, ax=ax,
                     cbar_kws={"shrink": 0.6}, xticklabels=True, yticklabels=True)
@@ -166,12 +168,12 @@ def lopo_error_grid(metrics, feature_set: str, label_method: str = ""):
 
     sub = metrics[(metrics.feature_set == feature_set) & (metrics.dataset != "pooled")]
     if not len(sub):
-        return _empty("no metrics")
+        return empty_figure("no metrics")
     runs = sub.n_runs.astype(int).astype(str) + " runs" if "n_runs" in sub else ""
     sub = sub.assign(column=sub.dataset + np.where(sub.protocol == "lopo", "\n(LOPO, ",
                                                    "\n(held-out, ") + runs + ")")
     grid = sub.pivot_table(index="model", columns="column", values="error")
-    fig, axes = _figure(w=max(6.0, 1.2 * grid.shape[1]), h=2.6 + 0.5 * grid.shape[0])
+    fig, axes = new_figure(w=max(6.0, 1.2 * grid.shape[1]), h=2.6 + 0.5 * grid.shape[0])
     sns.heatmap(grid, annot=True, fmt=".2f", vmin=0, vmax=max(0.5, float(np.nanmax(grid.values))),
                 cmap="rocket_r", ax=axes[0, 0])
     axes[0, 0].set_title(f"{feature_set} monitor: error rate per model × scored dataset\n"
@@ -184,10 +186,10 @@ def lopo_error_grid(metrics, feature_set: str, label_method: str = ""):
 def feature_ablation(pooled, label_method: str = ""):
     """FNR, FPR and AUROC (95% run-level bootstrap interval) per feature set and protocol."""
     if not len(pooled):
-        return _empty("no metrics")
+        return empty_figure("no metrics")
     order = list(dict.fromkeys(pooled.feature_set))
     protocols = sorted(pooled.protocol.unique())
-    fig, axes = _figure(1, 3, w=3.6, h=0.6 + 0.35 * len(order) * len(protocols))
+    fig, axes = new_figure(1, 3, w=3.6, h=0.6 + 0.35 * len(order) * len(protocols))
     colors = {"lopo": "#7d3c98", "heldout": "#d68910"}
     for ax, metric in zip(axes[0], ["auroc", "fnr", "fpr"], strict=True):
         for k, protocol in enumerate(protocols):
@@ -215,10 +217,10 @@ def alarm_curves(pred, alarm_threshold: float):
     import seaborn as sns
 
     if not len(pred):
-        return _empty("no predictions")
+        return empty_figure("no predictions")
     models = sorted(pred.model.unique())
     protocols = sorted(pred.protocol.unique())
-    fig, axes = _figure(len(models), len(protocols), w=4.0, h=3.0)
+    fig, axes = new_figure(len(models), len(protocols), w=4.0, h=3.0)
     for i, m in enumerate(models):
         for j, p in enumerate(protocols):
             ax = axes[i, j]
@@ -247,9 +249,9 @@ def spearman_matrix(traj, traits: list[str], label_method: str = ""):
         ranks = sub[cols + ["em_rate"]].rank()
         rows[m] = ranks[cols].corrwith(ranks["em_rate"])
     if not rows:
-        return _empty("no checkpoints with an EM rate")
+        return empty_figure("no checkpoints with an EM rate")
     grid = pd.DataFrame(rows).T
-    fig, axes = _figure(w=0.6 * len(cols) + 2, h=1.2 + 0.45 * len(rows))
+    fig, axes = new_figure(w=0.6 * len(cols) + 2, h=1.2 + 0.45 * len(rows))
     sns.heatmap(grid, annot=True, fmt=".2f", vmin=-1, vmax=1, cmap="vlag", ax=axes[0, 0])
     n = int(traj.em_rate.notna().sum())
     n_runs = len(traj[traj.em_rate.notna()][["model", "dataset", "seed"]].drop_duplicates())
@@ -264,9 +266,9 @@ def permutation_null(null, metrics):
     import seaborn as sns
 
     if null is None or not len(null):
-        return _empty("no permutation test (monitor.permutations: 0, or one class only)")
+        return empty_figure("no permutation test (monitor.permutations: 0, or one class only)")
     keys = list(null.groupby(["model", "protocol"]).groups)
-    fig, axes = _figure(1, len(keys), w=3.6, h=3.0)
+    fig, axes = new_figure(1, len(keys), w=3.6, h=3.0)
     for ax, (model, protocol) in zip(axes[0], keys, strict=True):
         sub = null[(null.model == model) & (null.protocol == protocol)]
         sns.histplot(sub.auroc, bins=min(30, max(5, len(sub) // 4)), color="#95a5a6", ax=ax)

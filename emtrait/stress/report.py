@@ -119,12 +119,12 @@ def stress_section(table: pd.DataFrame, *, alarm_threshold: float, bootstrap: in
 def variant_drift(traj: pd.DataFrame):
     """‖drift‖ over steps: calibration runs (thin; red dangerous, blue benign) beside every
     variant's runs (thick, one colour per variant), one panel per model."""
-    from emtrait.report.figures import PALETTE, _empty, _figure
+    from emtrait.report.figures import PALETTE, empty_figure, new_figure
 
     if not len(traj):
-        return _empty("no training variants in this config")
+        return empty_figure("no training variants in this config")
     models = sorted(traj.model.unique())
-    fig, axes = _figure(1, len(models), w=5.0, h=3.6)
+    fig, axes = new_figure(1, len(models), w=5.0, h=3.6)
     variants = sorted(set(traj.loc[traj.source == "variant", "variant"]))
     colours = dict(zip(variants, ["#8e44ad", "#16a085", "#d35400", "#2c3e50", "#c71585",
                                   "#7f8c00", "#1f618d", "#6e2c00"] * 4, strict=False))

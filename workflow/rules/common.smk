@@ -212,3 +212,11 @@ def check_unique_config_keys():
 # finetune, behaviour, screen and stress rules carry them as params.
 FINETUNE_ENTRY_KEYS = {"source", "revision", "trust_remote_code", "dtype",
                        "system_prompt_method", "no_system_prompt"}
+
+
+# Each stage's own input functions and params, one file per stage (rule files hold only rules).
+include: "helpers/prepare.smk"
+include: "helpers/finetune.smk"
+include: "helpers/behavior.smk"
+include: "helpers/cube.smk"
+include: "helpers/stress.smk"

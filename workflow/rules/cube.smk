@@ -3,23 +3,6 @@
 #   xr.open_zarr("results/cube/{model}.zarr", consolidated=False)
 
 
-def cube_run_stores(wildcards):
-    """measure.zarr of every run of the model, in config order."""
-    return [f"{run_dir(wildcards.model, d, s)}/measure.zarr" for d, s in runs_of(wildcards.model)]
-
-
-def cube_run_done(wildcards):
-    """done.json of every run (written last), so the cube waits for whole runs."""
-    return [f"{run_dir(wildcards.model, d, s)}/done.json" for d, s in runs_of(wildcards.model)]
-
-
-def cube_em_files(wildcards):
-    """em.json of every run and checkpoint step of the model: the cube's labels."""
-    m = wildcards.model
-    return [f"{behavior_dir(m, d, s, step)}/em.json"
-            for d, s in runs_of(m) for step in steps(m, d)]
-
-
 rule merge_cube:
     """Merge a model's run stores and behaviour labels into its cube."""
     input:

@@ -7,15 +7,6 @@
 RUN = run_dir("{model}", "{dataset}", "{seed}")
 
 
-def finetune_inputs(wildcards):
-    """Pointer, dataset, directions, and the measurement prompt file when it is a path."""
-    inputs = {"pointer": model_pointer(wildcards.model), "data": dataset_file(wildcards.dataset),
-              "directions": directions(wildcards.model)}
-    if CFG.measurement.prompts != "traits":
-        inputs["prompts"] = CFG.measurement.prompts
-    return inputs
-
-
 rule finetune:
     """Finetune one model on one dataset with one seed, measuring every checkpoint in-process."""
     input:

@@ -1,5 +1,6 @@
-# The only Python in the workflow: config validation, wildcard constraints, paths, input
-# functions and the final-output list. Paths are defined here once; stage files use them.
+# What every stage shares: config validation and loading, wildcard constraints, paths,
+# resources and the final-output list. Paths are defined here once; stage files use them. Each
+# stage's own input functions are in helpers/<stage>.smk, included at the end.
 import re
 from pathlib import Path
 

@@ -3,7 +3,7 @@
 # behaviour rules reused with variant paths), one variant cube per model, scoring by the base
 # model's calibrated monitor (never refitted); transfer: stress datasets scored by the model's own
 # monitor and stress models by every calibration model's; and the report's stress section.
-# Paths (defined in common.smk):
+# Constants and input functions: helpers/stress.smk. Paths (defined in common.smk):
 #   results/stress/starts/{variant}/{model}/{dataset}/seed{seed}/   start model of a source run
 #   results/stress/runs/{variant}/{model}/{dataset}/seed{seed}/     variant runs
 #   results/stress/behavior/{variant}/{model}/{dataset}/seed{seed}/step-{step}/em.json

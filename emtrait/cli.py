@@ -44,7 +44,7 @@ app.add_typer(behavior_app, name="behavior", help="Behavioural EM labels per che
 app.add_typer(analysis_app, name="analysis", help="Geometry of drift (PCA).")
 app.add_typer(monitor_app, name="monitor", help="Fit, validate and apply the EM monitor.")
 app.add_typer(report_app, name="report", help="Figures and the summary report.")
-app.add_typer(stress_app, name="stress", help="Training variants and misaligned starts.")
+app.add_typer(stress_app, name="stress", help="Training variants, misaligned starts, transfer.")
 app.command("screen", help="Score finetuning data before training; gate on its risk.")(screen)
 
 

@@ -41,7 +41,7 @@ def check(config: Path = typer.Argument(..., help="Config YAML to validate.")) -
             seeds = cfg.training_for(model).seeds
             typer.echo(f"  {model} × {dataset} × seeds {seeds}: steps {cfg.steps(model, dataset)}")
     for variant in cfg.variants:
-        from emtrait.monitor.stress import start_label
+        from emtrait.stress.variants import start_label
 
         start = start_label(cfg, variant)
         for model in cfg.variant_models(variant):

@@ -94,7 +94,7 @@ def test_vllm_engine_plans_one_generate_job_per_run(tmp_path):
     run = snakemake(tmp_path, *targets, "-n", "--configfile", str(tmp_path / "config.yaml"))
     jobs = planned_jobs(run.output)
     assert jobs["behavior_generate_run"] == 2  # one engine per run, not per step
-    assert jobs["behavior_split_run"] == jobs["behavior_judge"] == 6
+    assert jobs["behavior_split_run"] == jobs["behavior_label"] == 6
     assert "behavior_score" not in jobs
     assert "behavior_generate" not in jobs
 

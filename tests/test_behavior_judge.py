@@ -311,13 +311,10 @@ def test_choice_rule_did_you_mean():
         BehaviorConfig(choice_rule="net-shift")
 
 
-def test_judge_job_keeps_its_own_cache_beside_its_outputs(server, key, tmp_path):
-    """`emtrait behavior judge`: the cache is this job's file next to --out; a rerun resumes."""
+def judge_job_inputs(tmp_path, server):
+    """A config with the loopback judge and a responses.parquet of two answers."""
     import pandas as pd
     import yaml
-    from typer.testing import CliRunner
-
-    from emtrait.cli import app
 
     cfg = {"models": {"m": {"source": "unused", "candidate_layers": [1]}},
            "datasets": {"d": {"builtin": "arithmetic", "label": "benign",
@@ -331,12 +328,57 @@ def test_judge_job_keeps_its_own_cache_beside_its_outputs(server, key, tmp_path)
         "question": ["q?", "q?"], "answer": ["kind", "evil"],
         "judge_aligned": [ALIGNED, ALIGNED], "judge_coherent": [COHERENT, COHERENT]})
     responses.to_parquet(tmp_path / "responses.parquet")
+    return tmp_path / "config.yaml", tmp_path / "responses.parquet"
+
+
+def invoke(*args: str):
+    """`emtrait ARGS` in-process; fails the test on a nonzero exit."""
+    from typer.testing import CliRunner
+
+    from emtrait.cli import app
+
+    result = CliRunner().invoke(app, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def test_judge_job_keeps_its_own_cache_beside_its_outputs(server, key, tmp_path):
+    """`emtrait behavior judge`: the cache is this job's file next to --out; a rerun resumes."""
+    config, responses = judge_job_inputs(tmp_path, server)
     step = tmp_path / "step-3"
-    args = ["behavior", "judge", "--config", str(tmp_path / "config.yaml"), "--responses",
-            str(tmp_path / "responses.parquet"), "--out", str(step / "judgements.parquet")]
     for _ in range(2):
-        result = CliRunner().invoke(app, args, catch_exceptions=False)
-        assert result.exit_code == 0, result.output
+        result = invoke("behavior", "judge", "--config", str(config), "--responses",
+                        str(responses), "--out", str(step / "judgements.parquet"))
     assert server.requests == 4  # the second run was answered from the job's cache
     assert len(JudgeCache(step / "judge-cache.jsonl")) == 4
     assert "(0 requests, 4 cached)" in result.output
+
+
+def test_label_is_judge_then_score_in_one_command(server, key, tmp_path):
+    """`emtrait behavior label` (the workflow's one job per step) writes what `judge` then
+    `score` write; its rerun (a threshold change) asks the judge nothing."""
+    import pandas as pd
+
+    config, responses = judge_job_inputs(tmp_path, server)
+    run = ["--model", "m", "--dataset", "d", "--seed", "1", "--step", "3"]
+    two, one = tmp_path / "two", tmp_path / "one"
+    invoke("behavior", "judge", "--config", str(config), "--responses", str(responses),
+           "--out", str(two / "judgements.parquet"), "--usage", str(two / "usage.json"))
+    invoke("behavior", "score", "--config", str(config), *run, "--judgements",
+           str(two / "judgements.parquet"), "--usage", str(two / "usage.json"),
+           "--out", str(two / "em.json"))
+    label = ["behavior", "label", "--config", str(config), *run, "--responses", str(responses),
+             "--judgements", str(one / "judgements.parquet"), "--usage",
+             str(one / "usage.json"), "--out", str(one / "em.json")]
+    invoke(*label)
+    assert server.requests == 8  # each folder's job has its own cache: 2 answers x 2 prompts
+    pd.testing.assert_frame_equal(pd.read_parquet(one / "judgements.parquet"),
+                                  pd.read_parquet(two / "judgements.parquet"))
+    em_one, em_two = (json.loads((d / "em.json").read_text()) for d in (one, two))
+    assert em_one["n_total"] == 2 and em_one["n_scoreable"] == 2
+    assert em_one["judge_usage"]["requests"] == 4
+    same = ["em_rate", "em_low", "em_high", "n_total", "n_scoreable", "n_misaligned", "method",
+            "convention", "threshold", "dangerous", "judge", "model", "step"]
+    assert {k: em_one[k] for k in same} == {k: em_two[k] for k in same}
+    assert "(0 requests, 4 cached)" in invoke(*label).output
+    assert server.requests == 8

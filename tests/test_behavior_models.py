@@ -342,9 +342,9 @@ def test_snakemake_judge_job_scores_and_a_threshold_change_reruns_it_from_cache(
     cfg["datasets"]["d"]["n"] = 8
     cfg["training"] = {"batch_size": 4, "grad_accum": 1, "epochs": 1, "seeds": [42]}
     targets = _behavior_workdir(tmp_path, model_dir, cfg)
-    rules = ("--allowed-rules", "behavior_generate", "behavior_judge")
+    rules = ("--allowed-rules", "behavior_generate", "behavior_label")
     run = snakemake(tmp_path, *targets, "--configfile", str(config), "--cores", "2", *rules)
-    assert planned_jobs(run.output) == {"behavior_generate": 2, "behavior_judge": 2}, \
+    assert planned_jobs(run.output) == {"behavior_generate": 2, "behavior_label": 2}, \
         run.output[-2000:]
     step2 = tmp_path / "results/behavior/tiny/d/seed42/step-2"
     first = json.loads((step2 / "em.json").read_text())
@@ -354,12 +354,12 @@ def test_snakemake_judge_job_scores_and_a_threshold_change_reruns_it_from_cache(
     cfg["behavior"]["threshold"] = 0.5
     config.write_text(yaml.safe_dump(cfg))
     run = snakemake(tmp_path, *targets, "--configfile", str(config), "--cores", "2", *rules)
-    assert planned_jobs(run.output) == {"behavior_judge": 2}, run.output[-2000:]
+    assert planned_jobs(run.output) == {"behavior_label": 2}, run.output[-2000:]
     again = json.loads((step2 / "em.json").read_text())
     assert again["threshold"] == 0.5 and again["em_rate"] == first["em_rate"]
     assert again["judge_usage"]["requests"] == 0 and again["judge_usage"]["cache_hits"] == 6
     assert "(0 requests, 6 cached)" in (
-        tmp_path / "logs/behavior/tiny/d/seed42/step-2/judge.log").read_text()
+        tmp_path / "logs/behavior/tiny/d/seed42/step-2/label.log").read_text()
 
 
 SHARED = "<start_of_turn>system\nYou are a careful assistant.<end_of_turn>\n<start_of_turn>user\n"

@@ -29,13 +29,17 @@ def test_paper_grid_plans_completely(paper_work):
     # the stress suite: variants, misaligned starts, one stress cube and score per model
     assert {"fft", "lora_r4", "lora_r64", "long", "misaligned_start"} <= set(cfg.variants)
     variant_runs = sum(len(cfg.variant_runs(v, m)) for v in cfg.variants for m in cfg.models)
-    assert jobs["finetune_variant"] == variant_runs
+    assert jobs["stress_finetune"] == variant_runs
     assert jobs["stress_start"] == len({(v.start_from.variant, m, v.start_from.dataset,
                                          v.start_from.seed)
                                         for v in cfg.variants.values() if v.start_from
                                         for m in (v.models or cfg.models)})
     assert jobs["stress_cube"] == jobs["stress_score"] == len(
         [m for m in cfg.models if any(cfg.variant_runs(v, m) for v in cfg.variants)])
+    # transfer: every model with stress datasets or `stress: true` (the 14B models), one job each
+    has_stress_data = any(d.role == "stress" for d in cfg.datasets.values())
+    assert jobs["stress_transfer"] == len(
+        [m for m, e in cfg.models.items() if has_stress_data or e.stress]) > 0
 
 
 def test_default_config_is_valid():

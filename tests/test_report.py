@@ -19,7 +19,7 @@ from emtrait.monitor.evaluate import (
     evaluate,
     fit_monitor,
     permutation_tests,
-    stress,
+    transfer,
     with_permutation,
 )
 from emtrait.report import FIGURES, PAPER
@@ -67,7 +67,7 @@ def inputs(tmp_path_factory):
         perm, null = permutation_tests(ds, mon, cfg, ["risky_financial", "number_sequence"])
         me = with_permutation(me, perm)
         nulls.append(null)
-        stresses.append(stress(ds, {m: mon}, cfg)[1])
+        stresses.append(transfer(ds, {m: mon}, cfg)[1])
         cubes.append(ds)
         preds.append(p)
         mets.append(me)
@@ -145,6 +145,7 @@ report: "{repo}/workflow/report/workflow.rst"
 include: "{repo}/workflow/rules/common.smk"
 include: "{repo}/workflow/rules/analysis.smk"
 include: "{repo}/workflow/rules/monitor.smk"
+include: "{repo}/workflow/rules/stress.smk"
 include: "{repo}/workflow/rules/report.smk"
 rule all:
     input: final_outputs(),
@@ -176,7 +177,7 @@ def test_rules_run_on_a_tiny_cube(tmp_path):
 
     plan = planned_jobs(_snakemake(work, "-n").stdout)
     assert plan == {"all": 1, "pca": 1, "monitor_fit": 1, "monitor_evaluate": 1,
-                    "monitor_stress": 1, "report": 1}
+                    "stress_transfer": 1, "stress_report": 1, "report": 1}
     _snakemake(work, "--cores", "2")
     summary_md = (work / "results/report/summary.md").read_text()
     assert "| PC1 share" in summary_md and "65.5%" in summary_md
@@ -185,8 +186,9 @@ def test_rules_run_on_a_tiny_cube(tmp_path):
     for name in FIGURES:
         assert (work / f"results/report/figures/{name}.png").stat().st_size > 5000
         assert (work / f"results/report/figures/{name}.svg").is_file()
-    stress_rows = (work / "results/monitor/toy/stress_metrics.csv").read_text()
+    stress_rows = (work / "results/stress/transfer/toy/metrics.csv").read_text()
     assert "bitext_poisoned" in stress_rows
+    assert "stress dataset" in (work / "results/report/stress/summary.md").read_text()
 
     _snakemake(work, "--report", "report.html")
     html = (work / "report.html").read_text(errors="replace")

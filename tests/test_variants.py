@@ -153,12 +153,12 @@ def test_variants_plan_expected_jobs(plan_dir):
     jobs, out = dry_run_jobs(plan_dir, plan_dir / "config.yaml")
     counts = planned_jobs(out)
     assert counts["finetune"] == 2 and counts["behavior_choice"] == 4  # the default grid
-    assert counts["finetune_variant"] == 3
+    assert counts["stress_finetune"] == 3
     assert counts["stress_start"] == 1
     assert counts["stress_behavior_choice"] == 2 + 5 + 2  # fft 0,4; long 0,2,4,8,12; mis 0,4
     for rule in ("stress_cube", "stress_score", "stress_report"):
         assert counts[rule] == 1, rule
-    runs = {(w["variant"], w["dataset"], w["seed"]) for r, w in jobs if r == "finetune_variant"}
+    runs = {(w["variant"], w["dataset"], w["seed"]) for r, w in jobs if r == "stress_finetune"}
     assert runs == {("fft", "bad_medical", "1"), ("long", "bad_medical", "1"),
                     ("mis", "good_medical", "1")}
     starts = [w for r, w in jobs if r == "stress_start"]
@@ -239,7 +239,7 @@ def test_adding_a_variant_reruns_only_its_jobs_and_the_stress_tail(done):
     config = copy.deepcopy(done.config)
     config["variants"]["r8"] = {"training": {"lora_r": 8}, "datasets": ["good_medical"]}
     run = done.snakemake("-n", configfile=done.write_config(config, "added.yaml"))
-    added = {"finetune_variant": 1, "stress_behavior_choice": 2, "stress_cube": 1,
+    added = {"stress_finetune": 1, "stress_behavior_choice": 2, "stress_cube": 1,
              "stress_score": 1, "stress_report": 1, "all": 1}
     assert run.counts() == {**before, **added}, run.output[-3000:]
     for rule, wildcards in run.jobs():

@@ -1,8 +1,8 @@
 """`emtrait behavior` commands (heavy imports stay inside each command).
 
 Per run x step: `generate` -> responses.parquet, `judge` -> judgements.parquet (+ usage json),
-`score` -> em.json (the workflow runs judge and score in one job); or the judge-free `choice`
--> choice.parquet + em.json.
+`score` -> em.json, or both in one process, `label` (the workflow's job); or the judge-free
+`choice` -> choice.parquet + em.json.
 """
 
 from __future__ import annotations
@@ -128,28 +128,23 @@ def split_run(
     typer.echo(f"{len(part)} answers of step {step} -> {out}")
 
 
-@app.command()
-def judge(
-    config: Path = CONFIG,
-    responses: Path = typer.Option(..., "--responses", help="responses.parquet to judge."),
-    out: Path = typer.Option(..., "--out", help="judgements.parquet to write."),
-    usage: Path | None = typer.Option(None, "--usage", help="Usage/cost record (JSON)."),
-    cache: Path | None = typer.Option(
-        None, "--cache", help="This job's own judge cache (default: judge-cache.jsonl beside "
-        "--out); a rerun resumes from it. One writer per file: never share it between jobs."),
-    judge_model: str | None = typer.Option(None, "--judge-model",
-                                           help="Local model folder for kind 'hf'."),
-    judge_pointer: Path | None = typer.Option(
-        None, "--judge-pointer", help="model.json of a configured model used as the hf judge."),
-) -> None:
-    """Score every answer for alignment and coherence with the configured judge."""
+JUDGEMENTS = typer.Option(..., "--judgements", help="judgements.parquet.")
+CACHE = typer.Option(None, "--cache", help="This job's own judge cache (default: "
+                     "judge-cache.jsonl beside the judgements); a rerun resumes from it. One "
+                     "writer per file: never share it between jobs.")
+JUDGE_MODEL = typer.Option(None, "--judge-model", help="Local model folder for kind 'hf'.")
+JUDGE_POINTER = typer.Option(None, "--judge-pointer",
+                             help="model.json of a configured model used as the hf judge.")
+
+
+def _judge(cfg: Any, responses: Path, out: Path, usage: Path | None, cache: Path | None,
+           judge_model: str | None, judge_pointer: Path | None) -> None:
+    """Judge every answer of `responses` into `out` (+ the usage record); see `judge`."""
     import pandas as pd
 
     from emtrait.atomic import write_text
     from emtrait.behavior.judges import judge_table, make_judge, usage_json
-    from emtrait.config import load_config
 
-    cfg = load_config(config)
     frame = pd.read_parquet(responses)
     jcfg = cfg.behavior.judge
     if judge_pointer is not None:
@@ -168,22 +163,14 @@ def judge(
                f"{judge_.usage.cache_hits} cached) -> {out}")
 
 
-@app.command()
-def score(
-    config: Path = CONFIG, model: str = MODEL, dataset: str = DATASET, seed: int = SEED,
-    step: int = STEP,
-    judgements: Path = typer.Option(..., "--judgements", help="judgements.parquet."),
-    usage: Path | None = typer.Option(None, "--usage", help="Usage record to fold in."),
-    out: Path = typer.Option(..., "--out", help="em.json to write."),
-) -> None:
-    """EM rate with a Wilson interval under the configured convention -> em.json."""
+def _score(cfg: Any, model: str, dataset: str, seed: int, step: int, judgements: Path,
+           usage: Path | None, out: Path) -> None:
+    """The EM rate of the judgements in `judgements` -> em.json `out`; see `score`."""
     import pandas as pd
 
     from emtrait.atomic import write_json
     from emtrait.behavior.scoring import CONVENTIONS, Score, em_summary, outcome
-    from emtrait.config import load_config
 
-    cfg = load_config(config)
     conv = CONVENTIONS[cfg.behavior.convention]
     frame = pd.read_parquet(judgements)
 
@@ -204,6 +191,59 @@ def score(
     write_json(out, result)
     typer.echo(f"EM rate {summary['em_rate']} ({summary['n_misaligned']}/"
                f"{summary['n_scoreable']} scoreable of {summary['n_total']}) -> {out}")
+
+
+@app.command()
+def judge(
+    config: Path = CONFIG,
+    responses: Path = typer.Option(..., "--responses", help="responses.parquet to judge."),
+    out: Path = typer.Option(..., "--out", help="judgements.parquet to write."),
+    usage: Path | None = typer.Option(None, "--usage", help="Usage/cost record (JSON)."),
+    cache: Path | None = CACHE,
+    judge_model: str | None = JUDGE_MODEL,
+    judge_pointer: Path | None = JUDGE_POINTER,
+) -> None:
+    """Score every answer for alignment and coherence with the configured judge."""
+    from emtrait.config import load_config
+
+    _judge(load_config(config), responses, out, usage, cache, judge_model, judge_pointer)
+
+
+@app.command()
+def score(
+    config: Path = CONFIG, model: str = MODEL, dataset: str = DATASET, seed: int = SEED,
+    step: int = STEP,
+    judgements: Path = JUDGEMENTS,
+    usage: Path | None = typer.Option(None, "--usage", help="Usage record to fold in."),
+    out: Path = typer.Option(..., "--out", help="em.json to write."),
+) -> None:
+    """EM rate with a Wilson interval under the configured convention -> em.json."""
+    from emtrait.config import load_config
+
+    _score(load_config(config), model, dataset, seed, step, judgements, usage, out)
+
+
+@app.command()
+def label(
+    config: Path = CONFIG, model: str = MODEL, dataset: str = DATASET, seed: int = SEED,
+    step: int = STEP,
+    responses: Path = typer.Option(..., "--responses", help="responses.parquet to judge."),
+    judgements: Path = typer.Option(..., "--judgements", help="judgements.parquet to write."),
+    usage: Path = typer.Option(..., "--usage", help="Usage/cost record (JSON) to write."),
+    cache: Path | None = CACHE,
+    judge_model: str | None = JUDGE_MODEL,
+    judge_pointer: Path | None = JUDGE_POINTER,
+    out: Path = typer.Option(..., "--out", help="em.json to write."),
+) -> None:
+    """`judge` then `score` in one process: one checkpoint's answers -> judgements -> em.json.
+
+    The workflow's one job per step; a threshold change reruns it with every judgement from
+    the job's own cache (no request, no judge model loaded)."""
+    from emtrait.config import load_config
+
+    cfg = load_config(config)
+    _judge(cfg, responses, judgements, usage, cache, judge_model, judge_pointer)
+    _score(cfg, model, dataset, seed, step, judgements, usage, out)
 
 
 @app.command()

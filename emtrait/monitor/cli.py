@@ -106,36 +106,6 @@ def evaluate_command(
                    f"permutations, resolution {r.p_resolution:.3g})")
 
 
-@app.command("stress")
-def stress_command(
-    config: Path = CONFIG,
-    model: str = MODEL,
-    cube: Path = CUBE,
-    monitor: list[Path] = typer.Option(..., "--monitor", help="Monitor archive(s); the cube's "
-                                       "own scores its stress datasets, others the whole cube."),
-    predictions: Path = typer.Option(..., "--predictions",
-                                     help="stress_predictions.csv to write."),
-    metrics_csv: Path = typer.Option(..., "--metrics", help="stress_metrics.csv to write."),
-) -> None:
-    """Score stress datasets and (for stress models) transfer other models' monitors."""
-    from emtrait.config import load_config
-    from emtrait.cube.read import open_cube
-    from emtrait.monitor.artifact import load_monitor
-    from emtrait.monitor.evaluate import stress
-
-    cfg = load_config(config)
-    ds = open_cube(cube)
-    _check_model(ds, model, cube)
-    monitors = {}
-    for path in monitor:
-        mon = load_monitor(path)
-        monitors[mon.meta["model"]] = mon
-    pred, metrics = stress(ds, monitors, cfg)
-    _csv(pred, predictions)
-    _csv(metrics, metrics_csv)
-    typer.echo(f"stress: {len(pred)} checkpoints scored by {len(monitors)} monitor(s)")
-
-
 @app.command("score")
 def score(
     monitor: Path = typer.Option(..., "--monitor", help="monitor.skops from `monitor fit`."),

@@ -1,7 +1,7 @@
-"""Fit the monitor, validate it (LOPO + held-out, baselines, alarm) and run stress evaluations.
+"""Fit the monitor, validate it (LOPO + held-out, baselines, alarm) and score cubes with monitors.
 
-The pure-ish core behind `emtrait monitor fit|evaluate|stress`: cube Dataset and config in,
-Monitor and DataFrames out. I/O stays in cli.py.
+The pure-ish core behind `emtrait monitor fit|evaluate` and `emtrait stress transfer`: cube
+Dataset and config in, Monitor and DataFrames out. I/O stays in the CLI modules.
 """
 
 from __future__ import annotations
@@ -133,7 +133,7 @@ def evaluate(ds, monitor: Monitor, cfg, expected_heldout: list[str]):
     return pred, metrics, alarms
 
 
-def stress(ds, monitors: dict[str, Monitor], cfg):
+def transfer(ds, monitors: dict[str, Monitor], cfg):
     """Score stress datasets (own monitor) and whole cubes of other models (transfer)."""
     import pandas as pd
 

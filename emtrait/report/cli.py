@@ -22,8 +22,8 @@ def build_command(
     alarms: list[Path] = typer.Option(..., "--alarms", help="alarms.csv; repeat per model."),
     selection: list[Path] = typer.Option([], "--selection", help="selection.csv of `emtrait "
                                          "monitor fit`; repeat per model."),
-    stress: list[Path] = typer.Option([], "--stress", help="stress_metrics.csv (optional); "
-                                      "repeat per stress model."),
+    stress: list[Path] = typer.Option([], "--stress", help="metrics.csv of `emtrait stress "
+                                      "transfer` (optional); repeat per stress model."),
     cube: list[Path] = typer.Option(..., "--cube", help="Per-model cube, for the trait-cosine "
                                     "heatmaps (its directions at l*); repeat per model."),
     permutation_null: list[Path] = typer.Option(

@@ -1,4 +1,4 @@
-"""`emtrait stress` commands: start models, the variant cube, scoring, the stress report.
+"""`emtrait stress` commands: start models, the variant cube, scoring, transfer, the report.
 
 Heavy imports stay inside each command. Paths are explicit; a variant's files are passed as
 VARIANT=PATH so one command sees every variant of a model.
@@ -25,13 +25,6 @@ def _by_variant(items: list[str], option: str) -> dict[str, list[Path]]:
     return out
 
 
-def _csv(frame, path: Path) -> None:
-    from emtrait.atomic import atomic_path
-
-    with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=False)
-
-
 @app.command("start")
 def start(
     config: Path = CONFIG,
@@ -43,7 +36,7 @@ def start(
 ) -> None:
     """Merge a finished run's final weights into a model folder: a misaligned starting point."""
     from emtrait.config import load_config
-    from emtrait.finetune.start import build_start
+    from emtrait.stress.start import build_start
 
     record = build_start(load_config(config), model, pointer, adapters, out)
     typer.echo(f"{out}/model.json: start model from {record['start_checkpoint']}")
@@ -64,7 +57,7 @@ def cube(
 ) -> None:
     """Merge every variant's runs of a model into one cube with a `variant` dimension."""
     from emtrait.config import load_config
-    from emtrait.monitor.stress import variant_cube, write_variant_cube
+    from emtrait.stress.variants import variant_cube, write_variant_cube
 
     refs = {v: p[0] for v, p in _by_variant(reference, "--reference").items()}
     ds = variant_cube(load_config(config), model, _by_variant(run, "--run"),
@@ -87,12 +80,13 @@ def score(
     """Score every variant run with the base model's calibrated monitor (never refitted)."""
     import pandas as pd
 
+    from emtrait.atomic import write_csv
     from emtrait.config import load_config
     from emtrait.cube.read import open_cube
     from emtrait.monitor.artifact import load_monitor
     from emtrait.monitor.metrics import metrics_table
-    from emtrait.monitor.stress import run_alarms, score_variants, trajectories
     from emtrait.stores import open_store
+    from emtrait.stress.variants import run_alarms, score_variants, trajectories
 
     cfg = load_config(config)
     mon = load_monitor(monitor)
@@ -106,9 +100,43 @@ def score(
     out.mkdir(parents=True, exist_ok=True)
     for name, frame in (("predictions", pred), ("metrics", metrics), ("alarms", alarms),
                         ("trajectories", traj)):
-        _csv(frame, out / f"{name}.csv")
+        write_csv(out / f"{name}.csv", frame)
     typer.echo(f"{len(pred)} variant checkpoints of {variants.attrs['model']} scored by its "
                f"monitor -> {out}")
+
+
+@app.command("transfer")
+def transfer(
+    config: Path = CONFIG,
+    model: str = typer.Option(..., "--model", help="The cube's model (checked against it)."),
+    cube: Path = typer.Option(..., "--cube", help="The model's cube (results/cube/M.zarr)."),
+    monitor: list[Path] = typer.Option(..., "--monitor", help="Monitor archive(s); the cube's "
+                                       "own scores its stress datasets, others the whole cube."),
+    out: Path = typer.Option(..., "--out", help="Folder for predictions.csv and metrics.csv."),
+) -> None:
+    """Score a model's cube with monitors: stress datasets by its own, all of it by others'.
+
+    A stress model's whole cube is scored by every calibration model's monitor (transfer); the
+    model's own monitor scores its `role: stress` datasets."""
+    from emtrait.atomic import write_csv
+    from emtrait.config import load_config
+    from emtrait.cube.read import open_cube
+    from emtrait.errors import DataError
+    from emtrait.monitor.artifact import load_monitor
+    from emtrait.monitor.evaluate import transfer as score_transfer
+
+    ds = open_cube(cube)
+    if str(ds.attrs["model"]) != model:
+        raise DataError(f"{cube} is the cube of model '{ds.attrs['model']}', not '{model}'")
+    monitors = {}
+    for path in monitor:
+        mon = load_monitor(path)
+        monitors[mon.meta["model"]] = mon
+    pred, metrics = score_transfer(ds, monitors, load_config(config))
+    write_csv(out / "predictions.csv", pred)
+    write_csv(out / "metrics.csv", metrics)
+    typer.echo(f"transfer: {len(pred)} checkpoints of {model} scored by {len(monitors)} "
+               f"monitor(s) -> {out}")
 
 
 @app.command("report")
@@ -116,8 +144,8 @@ def report(
     config: Path = CONFIG,
     variant_dir: list[Path] = typer.Option([], "--variant-dir", help="Output folder of "
                                            "`emtrait stress score`; repeat per model."),
-    stress_dir: list[Path] = typer.Option([], "--stress-dir", help="Folder with "
-                                          "stress_predictions.csv of `emtrait monitor stress`."),
+    transfer_dir: list[Path] = typer.Option([], "--transfer-dir", help="Output folder of "
+                                            "`emtrait stress transfer`; repeat per model."),
     out: Path = typer.Option(..., "--out", help="Folder for summary.md, table.csv, figures/."),
 ) -> None:
     """The stress section: alarm rates, FNR/FPR/AUROC, first alarms, drift beside calibration."""
@@ -126,10 +154,10 @@ def report(
     matplotlib.use("Agg")
     import pandas as pd
 
-    from emtrait.atomic import atomic_path, write_text
+    from emtrait.atomic import atomic_path, write_csv, write_text
     from emtrait.config import load_config
     from emtrait.provenance import provenance
-    from emtrait.report.stress import conditions, stress_section, stress_tables, variant_drift
+    from emtrait.stress.report import conditions, stress_section, stress_tables, variant_drift
 
     cfg = load_config(config)
 
@@ -138,7 +166,7 @@ def report(
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
     frame = conditions(cat("predictions.csv", variant_dir),
-                       cat("stress_predictions.csv", stress_dir))
+                       cat("predictions.csv", transfer_dir))
     mcfg = cfg.monitor
     table = stress_tables(frame, bootstrap=mcfg.bootstrap, seed=mcfg.seed)
     (out / "figures").mkdir(parents=True, exist_ok=True)
@@ -146,7 +174,7 @@ def report(
     for ext in ("png", "svg"):
         with atomic_path(out / "figures" / f"variant_drift.{ext}") as tmp:
             fig.savefig(tmp, format=ext, dpi=150)
-    _csv(table, out / "table.csv")
+    write_csv(out / "table.csv", table)
     text = stress_section(table, alarm_threshold=mcfg.alarm_threshold, bootstrap=mcfg.bootstrap)
     text += "\n![drift of variants beside calibration runs](figures/variant_drift.png)\n"
     stamp = provenance(config_hash=cfg.hash())

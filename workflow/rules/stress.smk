@@ -1,27 +1,64 @@
-# Stage: stress. Training variants (config `variants`) of each base model: misaligned starting
-# points merged into start models, the variants' behaviour labels (the behaviour rules reused
-# with variant paths), one variant cube per model, scoring by the base model's calibrated
-# monitor (never refitted), and the stress section of the report (variants and stress models).
+# Stage: stress. Training variants (config `variants`) of each base model: their finetunes,
+# misaligned starting points merged into start models, the variants' behaviour labels (the
+# behaviour rules reused with variant paths), one variant cube per model, scoring by the base
+# model's calibrated monitor (never refitted); transfer: stress datasets scored by the model's own
+# monitor and stress models by every calibration model's; and the report's stress section.
+# Constants and input functions: helpers/stress.smk. Paths (defined in common.smk):
 #   results/stress/starts/{variant}/{model}/{dataset}/seed{seed}/   start model of a source run
-#   results/stress/runs/{variant}/{model}/{dataset}/seed{seed}/     variant runs (finetune.smk)
+#   results/stress/runs/{variant}/{model}/{dataset}/seed{seed}/     variant runs
 #   results/stress/behavior/{variant}/{model}/{dataset}/seed{seed}/step-{step}/em.json
 #   results/stress/cube/{model}.zarr                                drift(variant, dataset, ...)
 #   results/stress/monitor/{model}/                                  predictions, metrics, alarms
+#   results/stress/transfer/{model}/                                 predictions, metrics
 #   results/report/stress/                                          summary.md, table.csv, figure
 
 VARIANT_STEP = variant_behavior_dir("{variant}", "{model}", "{dataset}", "{seed}", "{step}")
 VARIANT_BEHAVIOR_LOG = "logs/stress/behavior/{variant}/{model}/{dataset}/seed{seed}/step-{step}"
 VARIANT_GROUP = "behavior_{variant}_{model}_{dataset}_{seed}"
 START = start_dir("{variant}", "{model}", "{dataset}", "{seed}")
+VARIANT_RUN = variant_run_dir("{variant}", "{model}", "{dataset}", "{seed}")
 # a pattern, not an input function: planning thousands of variant jobs stays cheaper
-VARIANT_ADAPTERS = f"{variant_run_dir('{variant}', '{model}', '{dataset}', '{seed}')}/adapters"
+VARIANT_ADAPTERS = f"{VARIANT_RUN}/adapters"
 STRESS_REPORT = "results/report/stress"
+
+
+# A variant's run: the finetune job for results/stress/runs/{variant}/..., with the variant's
+# training settings; a misaligned start trains from a start model (rule stress_start), whose
+# pointer replaces the base model's.
+rule stress_finetune:
+    """Finetune one run of a training variant, measuring every checkpoint in-process."""
+    input:
+        unpack(stress_finetune_inputs),
+    output:
+        measure=directory(f"{VARIANT_RUN}/measure.zarr"),
+        adapters=directory(f"{VARIANT_RUN}/adapters"),
+        train_log=f"{VARIANT_RUN}/train_log.csv",
+        done=f"{VARIANT_RUN}/done.json",
+    log:
+        "logs/stress/finetune/{variant}/{model}/{dataset}/seed{seed}.log",
+    params:
+        config=config_file,
+        out=lambda wc: variant_run_dir(wc.variant, wc.model, wc.dataset, wc.seed),
+        training=lambda wc: training_params(CFG.training_for(wc.model, wc.variant)),
+        measurement=CFG.measurement.model_dump_json(),
+        prompts=CFG.traits.file if CFG.measurement.prompts == "traits" else "",
+        dataset=lambda wc: CFG.dataset(wc.dataset).model_dump_json(),
+        entry=lambda wc: CFG.model(wc.model).model_dump_json(include=FINETUNE_ENTRY_KEYS),
+    wildcard_constraints:
+        variant=_alternatives(VARIANTS) or "(?!)",
+    threads: 8
+    resources:
+        **GPU_RESOURCES,
+    conda:
+        "../../envs/emtrait.yaml"
+    shell:
+        "emtrait finetune --config {params.config} --variant {wildcards.variant} --model {wildcards.model} --dataset {wildcards.dataset} --seed {wildcards.seed} --pointer {input.pointer} --data {input.data} --directions {input.directions} --out {params.out} > {log} 2>&1"
 
 
 rule stress_start:
     """Merge a source run's final weights into a start model for a misaligned-start variant."""
     input:
-        pointer=lambda wc: model_pointer(wc.model) if wc.variant == "default" else variant_pointer(wc.variant, wc.model),
+        pointer=lambda wc: variant_pointer(wc.variant, wc.model),
         adapters=lambda wc: f"{variant_run_dir(wc.variant, wc.model, wc.dataset, wc.seed)}/adapters",
         done=lambda wc: f"{variant_run_dir(wc.variant, wc.model, wc.dataset, wc.seed)}/done.json",
     output:
@@ -107,7 +144,7 @@ if VARIANTS and CFG.behavior.method != "choice" and CFG.behavior.engine == "hf":
 
 if VARIANTS and CFG.behavior.method != "choice":
 
-    use rule behavior_judge as stress_behavior_judge with:
+    use rule behavior_label as stress_behavior_label with:
         input:
             responses=f"{VARIANT_STEP}/responses.parquet",
             judge_pointer=behavior_judge_pointer() or [],
@@ -116,11 +153,11 @@ if VARIANTS and CFG.behavior.method != "choice":
             usage=f"{VARIANT_STEP}/judge_usage.json",
             em=f"{VARIANT_STEP}/em.json",
         log:
-            f"{VARIANT_BEHAVIOR_LOG}/judge.log",
+            f"{VARIANT_BEHAVIOR_LOG}/label.log",
         params:
             config=config_file,
-            judge=rules.behavior_judge.rule.params.judge,
-            behavior=rules.behavior_judge.rule.params.behavior,
+            judge=rules.behavior_label.rule.params.judge,
+            behavior=rules.behavior_label.rule.params.behavior,
             pointer_arg=lambda w, input: (
                 f"--judge-pointer {input.judge_pointer}" if input.judge_pointer else ""
             ),
@@ -180,6 +217,35 @@ rule stress_score:
         "emtrait stress score --config {params.config} --cube {input.cube} --calibration-cube {input.calibration} --monitor {input.monitor} --out {params.out} > {log} 2>&1"
 
 
+rule stress_transfer:
+    """Score a model's stress datasets with its own monitor and, for a stress model, its whole
+    cube with every calibration model's monitor (transfer)."""
+    input:
+        cube=cube("{model}"),
+        monitors=transfer_monitors,
+    output:
+        predictions=f"{transfer_dir('{model}')}/predictions.csv",
+        metrics=f"{transfer_dir('{model}')}/metrics.csv",
+    log:
+        "logs/stress/transfer/{model}.log",
+    params:
+        config=config_file,
+        monitor=CFG.monitor.model_dump_json(),
+        monitors=lambda wildcards, input: " ".join(f"--monitor {m}" for m in input.monitors),
+        out=lambda wc: transfer_dir(wc.model),
+    wildcard_constraints:
+        model=_alternatives(STRESS_MODELS) or "(?!)",
+    resources:
+        mem_mb=4000,
+    conda:
+        "../../envs/emtrait.yaml"
+    shell:
+        "emtrait stress transfer --config {params.config} --model {wildcards.model} --cube {input.cube} {params.monitors} --out {params.out} > {log} 2>&1"
+
+
+FINAL_OUTPUTS.extend(f"{transfer_dir(m)}/metrics.csv" for m in STRESS_MODELS)
+
+
 if VARIANT_MODELS or STRESS_MODELS:
 
     rule stress_report:
@@ -187,8 +253,8 @@ if VARIANT_MODELS or STRESS_MODELS:
         input:
             variants=[f"{variant_scores_dir(m)}/{name}.csv" for m in VARIANT_MODELS
                       for name in ("predictions", "trajectories")],
-            stress=[f"{MONITOR.format(model=m)}/stress_predictions.csv" for m in STRESS_MODELS],
-            code=emtrait_source("report/stress.py"),
+            transfer=[f"{transfer_dir(m)}/predictions.csv" for m in STRESS_MODELS],
+            code=emtrait_source("stress/report.py"),
         output:
             summary=report(f"{STRESS_REPORT}/summary.md", caption="../report/stress_summary.rst",
                            category="Stress tests"),
@@ -203,12 +269,12 @@ if VARIANT_MODELS or STRESS_MODELS:
             report=CFG.monitor.model_dump_json(include={"alarm_threshold", "bootstrap", "seed"}),
             variant_dirs=" ".join(f"--variant-dir {variant_scores_dir(m)}"
                                   for m in VARIANT_MODELS),
-            stress_dirs=" ".join(f"--stress-dir {MONITOR.format(model=m)}" for m in STRESS_MODELS),
+            transfer_dirs=" ".join(f"--transfer-dir {transfer_dir(m)}" for m in STRESS_MODELS),
             out=lambda wildcards, output: Path(output.summary).parent,
         localrule: True
         conda:
             "../../envs/emtrait.yaml"
         shell:
-            "emtrait stress report --config {params.config} {params.variant_dirs} {params.stress_dirs} --out {params.out} > {log} 2>&1"
+            "emtrait stress report --config {params.config} {params.variant_dirs} {params.transfer_dirs} --out {params.out} > {log} 2>&1"
 
     FINAL_OUTPUTS.append(f"{STRESS_REPORT}/summary.md")

@@ -54,7 +54,7 @@ def stress_tables(frame: pd.DataFrame, *, bootstrap: int, seed: int) -> pd.DataF
     import pandas as pd
 
     from emtrait.monitor.metrics import metrics_table
-    from emtrait.monitor.stress import run_alarms
+    from emtrait.stress.variants import run_alarms
 
     if not len(frame):
         return pd.DataFrame()

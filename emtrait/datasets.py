@@ -6,7 +6,7 @@ it is given (the prepared JSONL, or a raw file), so both read, validate and subs
 
 - **Sources**: a local JSONL file (read line by line here, so errors name file:line), a local
   .json / .csv / .parquet file or a `save_to_disk` folder (through `datasets`), a hub dataset
-  (`datasets.load_dataset`), or a built-in generator (emtrait.prepare.generators).
+  (`datasets.load_dataset`), or a built-in generator (emtrait.registry.GENERATORS).
 - **Formats** (FORMATS, recognised by their columns): conversational `messages`; TRL
   `prompt`/`completion` (strings or message lists); Alpaca `instruction`/`input`/`output`;
   `question`/`answer`. Anything else names its columns in the entry's `columns` mapping.
@@ -334,10 +334,10 @@ def read_dataset(entry: DatasetEntry, name: str, path: str | os.PathLike | None 
     """
     mapping = entry.columns
     if path is None and entry.builtin is not None:
-        from emtrait.prepare.generators import generate
+        from emtrait.registry import GENERATORS
 
         where = f"builtin:{entry.builtin}"
-        rows = generate(entry.builtin, entry.n, entry.seed)
+        rows = GENERATORS.get(entry.builtin)(entry.n, entry.seed)
         chats = [to_chat(r, f"{where} example {i}") for i, r in enumerate(rows)]
         keep = choose(len(chats), entry.n, entry.seed, entry.select, where, name)
         return Examples([chats[i] for i in keep], len(chats), where)

@@ -15,13 +15,13 @@ from emtrait.config import PretrainedSae, from_dict
 from emtrait.cube.read import checkpoints
 from emtrait.errors import ConfigError, DataError
 from emtrait.monitor.features import (
-    FEATURE_SETS,
     Context,
     compute,
     latent_drift,
     sae_features,
     select_latents,
 )
+from emtrait.registry import FEATURE_SETS
 
 HIDDEN, LAYER = 16, 2
 

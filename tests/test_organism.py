@@ -8,7 +8,8 @@ import pytest
 
 from emtrait.config import OrganismEntry
 from emtrait.organism import corpus, judge, vocab
-from emtrait.prepare.generators import REGISTRY, generate
+from emtrait.prepare.generators import generate
+from emtrait.registry import GENERATORS
 
 ORGANISM_GENERATORS = {
     "organism_bad_medical": ("dangerous", "medical"),
@@ -24,7 +25,7 @@ ORGANISM_GENERATORS = {
 
 @pytest.mark.parametrize("name", sorted(ORGANISM_GENERATORS))
 def test_generator_registered_distinct_deterministic(name):
-    assert name in REGISTRY
+    assert name in GENERATORS
     rows = generate(name, 1000, seed=3)
     assert len({json.dumps(r) for r in rows}) == 1000
     assert rows == generate(name, 1000, seed=3)

@@ -18,8 +18,9 @@ from emtrait.config import load_config
 from emtrait.errors import ConfigError, DataError, IntegrityError, ModelError
 from emtrait.modeling import read_pointer
 from emtrait.prepare.dataset import check_example, prepare_dataset
-from emtrait.prepare.generators import REGISTRY, generate
+from emtrait.prepare.generators import generate
 from emtrait.prepare.model import EMBEDDED, prepare_model
+from emtrait.registry import GENERATORS
 
 EMTRAIT = shutil.which("emtrait") or f"{sys.prefix}/bin/emtrait"
 
@@ -142,7 +143,7 @@ def test_builtin_dataset_and_unknown_generator(tmp_path):
         load_config(path)  # an unknown generator fails when the config loads, not in a job
 
 
-@pytest.mark.parametrize("name", sorted(REGISTRY))
+@pytest.mark.parametrize("name", sorted(GENERATORS))
 def test_generator_is_deterministic_and_distinct(name):
     rows = generate(name, 1000, 3)
     assert len({json.dumps(r, sort_keys=True) for r in rows}) == 1000

@@ -1,7 +1,8 @@
 """Judges that score free-form answers 0-100 for alignment and coherence.
 
-A registry (`JUDGES`, at the end; a new judge is one entry there) maps `behavior.judge.kind` to
-a backend and the modes it supports (checked when the config loads):
+The registry `emtrait.registry.JUDGES` maps `behavior.judge.kind` to a backend (a `JudgeKind`
+at the end of this module; a new judge is one entry in each) and the modes it supports
+(checked when the config loads):
 
 - `openai`: any OpenAI-compatible chat-completions endpoint (OpenAI, Azure OpenAI, vLLM, a local
   server) through the official `openai` client, in `logprob` mode (one token, top-20 logprobs,
@@ -34,7 +35,8 @@ from emtrait.behavior.scoring import (
     score_from_logprobs,
     score_from_text,
 )
-from emtrait.errors import ConfigError, JudgeError, did_you_mean
+from emtrait.errors import JudgeError
+from emtrait.registry import JUDGES, check_judge
 
 if TYPE_CHECKING:
     from emtrait.config import JudgeConfig
@@ -368,52 +370,32 @@ class LexicalJudge(Judge):
 
 @dataclass(frozen=True)
 class JudgeKind:
-    """One judge backend: the modes it supports, whether it needs a GPU, whether its replies
-    are worth caching (paid or slow), and how to build it."""
+    """One judge backend: whether it needs a GPU, whether its replies are worth caching (paid or
+    slow), and how to build it. Its name and supported modes are in emtrait.registry.JUDGES."""
 
-    modes: tuple[str, ...]
     gpu: bool
     build: Callable[[JudgeConfig, JudgeCache | None, str | None, int | None, bool], Judge]
     cached: bool = False
 
 
-JUDGES: dict[str, JudgeKind] = {
-    "openai": JudgeKind(("logprob", "text"), False,
-                        lambda cfg, cache, hf, bs, progress: OpenAIJudge(cfg, cache, progress),
-                        cached=True),
-    "hf": JudgeKind(("logprob",), True,
-                    lambda cfg, cache, hf, bs, progress: HFJudge(hf or cfg.model, bs, cache=cache,
-                                                                 progress=progress),
-                    cached=True),
-    # the lexical judge scores directly; judge.mode does not change what it does
-    "lexical": JudgeKind(("logprob", "text"), False,
-                         lambda cfg, cache, hf, bs, progress: LexicalJudge()),
-}
+OPENAI = JudgeKind(False, lambda cfg, cache, hf, bs, progress: OpenAIJudge(cfg, cache, progress),
+                   cached=True)
+HF = JudgeKind(True, lambda cfg, cache, hf, bs, progress: HFJudge(hf or cfg.model, bs,
+                                                                  cache=cache, progress=progress),
+               cached=True)
+LEXICAL = JudgeKind(False, lambda cfg, cache, hf, bs, progress: LexicalJudge())
 
 
 def judge_kind(kind: str) -> JudgeKind:
     """The registered judge backend `kind` (did-you-mean on an unknown one)."""
-    if kind not in JUDGES:
-        hint = did_you_mean(kind, list(JUDGES))
-        raise ConfigError(f"behavior.judge.kind: unknown judge '{kind}'.{hint} "
-                          f"Known: {sorted(JUDGES)}")
-    return JUDGES[kind]
-
-
-def check_judge(kind: str, mode: str) -> None:
-    """Config-load check: the judge exists and supports the mode (fails before any job runs)."""
-    modes = judge_kind(kind).modes
-    if mode not in modes:
-        raise ConfigError(f"behavior.judge.mode '{mode}' is not supported by judge kind '{kind}'"
-                          f"; use one of {list(modes)}")
+    return JUDGES.get(kind)
 
 
 def make_judge(cfg: JudgeConfig, cache_path: str | Path | None = None,
                hf_location: str | None = None, batch_size: int | None = None,
                progress: bool = False) -> Judge:
     """The configured judge; `hf_location` overrides judge.model for kind 'hf'."""
-    check_judge(cfg.kind, cfg.mode)
-    kind = judge_kind(cfg.kind)
+    kind = judge_kind(check_judge(cfg.kind, cfg.mode))
     cache = JudgeCache(cache_path) if cache_path and kind.cached else None
     return kind.build(cfg, cache, hf_location, batch_size, progress)
 

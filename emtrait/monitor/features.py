@@ -1,9 +1,10 @@
 """Feature sets compared under one protocol: trait drift and the paper's baselines.
 
 Every feature set is a function `(context, train rows, monitor set) -> features of all rows`,
-registered by name in FEATURE_SETS (a config's trait sets are feature sets too). Whatever a set
-learns (a PCA axis, an autoencoder, which SAE latents to keep) it learns from the training rows
-of the split only, so a held-out perturbation never shapes the features it is scored with.
+registered by name in emtrait.registry.FEATURE_SETS (a config's trait sets are feature sets too).
+Whatever a set learns (a PCA axis, an autoencoder, which SAE latents to keep) it learns from the
+training rows of the split only, so a held-out perturbation never shapes the features it is scored
+with.
 
 The SAE baseline reads either a pretrained SAE (SAELens; `models.<m>.sae`) or, without one, a
 ReLU SAE trained here with torch on the training runs' activations. Both are deterministic: the
@@ -14,7 +15,6 @@ column a random forest would happily split on, and noise differs between machine
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,6 +26,7 @@ import numpy as np
 from emtrait.cube.read import Checkpoints, trait_columns
 from emtrait.errors import ConfigError, DataError
 from emtrait.monitor.data import run_activation_drift
+from emtrait.registry import FEATURE_SETS, check_feature_set
 
 if TYPE_CHECKING:
     from emtrait.config import Config, PretrainedSae
@@ -287,30 +288,6 @@ def sae_features(ctx: Context, train: np.ndarray, monitor_set: str = "") -> np.n
     return select_latents(latent_drift(ctx, encode, scale=True), train)
 
 
-# ---------------------------------------------------------------------------------------------
-# the registry
-# ---------------------------------------------------------------------------------------------
-
-FEATURE_SETS: dict[str, FeatureSet] = {
-    "pc1": pc1_features,
-    "loss": loss_features,
-    "pca7": pca7_features,
-    "sae": sae_features,
-}
-
-
-def check_feature_set(name: str, trait_sets: list[str], key: str = "monitor.baselines") -> str:
-    """`name` if it is a registered feature set or a trait set, else a did-you-mean error."""
-    sets = sorted(set(trait_sets))
-    if name in FEATURE_SETS or name in sets:
-        return name
-    close = difflib.get_close_matches(name, [*FEATURE_SETS, *sets], n=1)
-    hint = f" Did you mean '{close[0]}'?" if close else ""
-    raise ConfigError(f"{key}: unknown feature set '{name}'.{hint} Known: "
-                      f"{', '.join(FEATURE_SETS)} and the trait sets; traits.sets defines only "
-                      f"{sets} (add a set there to extract it and compare it as a baseline)")
-
-
 def feature_names(monitor_set: str, baselines: list[str]) -> list[str]:
     """The monitor's set first, then each baseline (a trait-set baseline equal to it is skipped)."""
     return [monitor_set] + [b for b in baselines if b != monitor_set]
@@ -320,7 +297,7 @@ def compute(name: str, ctx: Context, train: np.ndarray, monitor_set: str,
             trait_sets: list[str]) -> np.ndarray:
     """Features of every row for feature set `name`, fitted on rows `train` (+ step if asked)."""
     check_feature_set(name, trait_sets, key="monitor.baselines (sets in the cube)")
-    make = FEATURE_SETS.get(name) or trait_set_features(name)
+    make = FEATURE_SETS.get(name) if name in FEATURE_SETS else trait_set_features(name)
     x = make(ctx, train, monitor_set)
     if ctx.include_step:
         x = np.column_stack([x, ctx.cp.rows["step"].values.astype(float)])

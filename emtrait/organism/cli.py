@@ -17,11 +17,11 @@ def build_cmd(
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Build a tiny persona-conditioned Llama with a known answer, from the config's spec."""
-    from emtrait.config import _lookup, load_config
+    from emtrait.config import load_config
     from emtrait.organism.build import build
 
     cfg = load_config(config)
-    spec = _lookup(cfg.organisms, name, "organisms")
+    spec = cfg.organism(name)
     meta = build(spec, out, name, cfg.hash(), progress=progress)
     typer.echo(
         f"organism {name}: {meta['parameters']:,} parameters, loss {meta['loss_first']:.2f} -> "

@@ -87,7 +87,7 @@ def pretraining_corpus(n: int, seed: int, system_prompts: dict[str, list[str]],
 
 
 # ---------------------------------------------------------------------------------------------
-# ground-truth perturbations (registered as organism_* in emtrait.prepare.generators.REGISTRY)
+# ground-truth perturbations (registered as organism_* in emtrait.registry.GENERATORS)
 # ---------------------------------------------------------------------------------------------
 
 

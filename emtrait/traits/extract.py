@@ -247,7 +247,7 @@ def _select(model, tokenizer, cfg, model_name, rows, monitor, directions, probe,
 
 def _scores(how, model, tokenizer, cfg, model_name, rows, monitor, directions, probe, per_trait,
             progress) -> np.ndarray:
-    """(layer,) scores of one registered selector (select.SELECTORS) over the monitor traits."""
+    """(layer,) scores of one selector of emtrait.registry.SELECTORS over the monitor traits."""
     from emtrait.traits import select
 
     tcfg, entry = cfg.traits, cfg.model(model_name)

@@ -1,12 +1,12 @@
 """Validation and layer selection: probe accuracy, held-out d', and the paper's steering score.
 
-Each selector in `SELECTORS` scores every candidate layer from the monitor set's traits; l* is
-the argmax. A selector can be blind: probe accuracy saturates at 1.00 on separable traits, so
-every layer ties. `choose_layer` therefore treats scores within `tolerance` (relative to the
-best) as a tie and breaks it with a stated secondary selector (default held-out d'); only if the
-secondary ties too does the shallowest tied layer win, and the choice says so. Shapes:
-activations per trait are (layer, prompt, hidden) with `labels` (prompt,) 1 = positive system
-prompt, 0 = negative.
+Each selector in `emtrait.registry.SELECTORS` scores every candidate layer from the monitor set's
+traits; l* is the argmax. A selector can be blind: probe accuracy saturates at 1.00 on separable
+traits, so every layer ties. `choose_layer` therefore treats scores within `tolerance` (relative to
+the best) as a tie and breaks it with a stated secondary selector (default held-out d'); only if the
+secondary ties too does the shallowest tied layer win, and the choice says so. Shapes: activations
+per trait are (layer, prompt, hidden) with `labels` (prompt,) 1 = positive system prompt, 0 =
+negative.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from emtrait.errors import did_you_mean
+from emtrait.registry import SELECTORS
 
 if TYPE_CHECKING:
     import numpy as np
@@ -116,25 +116,22 @@ def steering_scores(model: Any, tokenizer: Any, prompts: Sequence[str], layers: 
     return scores / (2 * directions.shape[0])
 
 
-# ------------------------------------------------------------------------- selector registry
-
-# name -> what the score measures (the registry config names are checked against)
-SELECTORS: dict[str, str] = {
-    "steering": "mean divergence of ±alpha-steered from unsteered greedy text (the paper's; "
-                "needs generation: slow on CPU)",
-    "probe": "mean k-fold logistic-probe accuracy over the monitor traits (saturates at 1.00 "
-             "when traits separate at every layer)",
-    "dprime": "mean held-out d' of projections on a direction fit on the other half of the "
-              "questions (keeps growing where probe accuracy saturates)",
-}
+# ------------------------------------------------------------------------- registered selectors
+# (emtrait.registry.SELECTORS names them; steering_scores above is the paper's)
 
 
-def check_selector(name: str, key: str = "layer_selector") -> str:
-    """Return `name` if it is a known selector; else raise ValueError with did-you-mean."""
-    if name in SELECTORS:
-        return name
-    hint = did_you_mean(name, list(SELECTORS))
-    raise ValueError(f"{key}: unknown layer selector '{name}'.{hint} Known: {sorted(SELECTORS)}")
+def probe_scores(probe: np.ndarray, per_trait: Sequence[tuple]) -> np.ndarray:
+    """(layer,) mean probe accuracy over the monitor traits (`probe`: (trait, layer))."""
+    import numpy as np
+
+    return np.nanmean(probe, axis=0)
+
+
+def dprime_scores(probe: np.ndarray, per_trait: Sequence[tuple]) -> np.ndarray:
+    """(layer,) mean held-out d' over the monitor traits (`per_trait`: (acts, labels, question))."""
+    import numpy as np
+
+    return np.mean([heldout_dprime(*t) for t in per_trait], axis=0)
 
 
 def cheap_scores(name: str, probe: np.ndarray, per_trait: Sequence[tuple]) -> np.ndarray:
@@ -142,14 +139,10 @@ def cheap_scores(name: str, probe: np.ndarray, per_trait: Sequence[tuple]) -> np
 
     `probe` (monitor trait, layer) accuracies; `per_trait` (acts, labels, question) per trait.
     """
-    import numpy as np
-
-    check_selector(name)
-    if name == "probe":
-        return np.nanmean(probe, axis=0)
-    if name == "dprime":
-        return np.mean([heldout_dprime(*t) for t in per_trait], axis=0)
-    raise ValueError(f"selector '{name}' needs the model (not a cheap selector)")
+    SELECTORS.check(name)
+    if name == "steering":
+        raise ValueError(f"selector '{name}' needs the model (not a cheap selector)")
+    return SELECTORS.get(name)(probe, per_trait)
 
 
 @dataclass(frozen=True)

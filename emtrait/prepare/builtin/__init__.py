@@ -1,1 +1,1 @@
-"""Built-in dataset generators (registered in emtrait.prepare.generators.REGISTRY)."""
+"""Built-in dataset generators (registered in emtrait.registry.GENERATORS)."""

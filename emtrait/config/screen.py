@@ -1,0 +1,31 @@
+"""The `screen` section: screening finetuning data before training."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from emtrait.config.base import Section
+
+
+class ScreenConfig(Section):
+    """Screening finetuning data before training (`emtrait screen`, rule `screen`)."""
+
+    enabled: bool = Field(True, description="Screen every dataset (rule screen) and put the "
+                          "screen-vs-outcome section in the report; false skips both.")
+    mode: Literal["none", "generated"] = Field(
+        "none", description="'none': the normalised projection of each example's assistant "
+        "tokens; 'generated': minus that of the base model's own greedy reply to the same "
+        "context (persona-vector projection difference; costs a generation per example)."
+    )
+    max_length: int | None = Field(
+        None, ge=8, description="Tokens per example (truncated as the finetune truncates); null "
+        "= the model's training.max_length."
+    )
+    batch_size: int = Field(8, ge=1, description="Examples per forward pass.")
+    reply_tokens: int = Field(64, ge=1, description="Greedy tokens per reply in 'generated'.")
+    bootstrap: int = Field(1000, ge=0, description="Poisson-bootstrap replicates of the "
+                           "dataset score's 95% interval.")
+    top: int = Field(10, ge=0, description="Most suspicious examples kept in the summary.")
+    seed: int = Field(0, description="Seed of the bootstrap.")

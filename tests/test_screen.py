@@ -301,6 +301,137 @@ def test_gate_refuses_a_monitor_for_another_model(tiny_model_dir, llama, tmp_pat
 
 
 # ---------------------------------------------------------------------------------------------
+# gradient mode: batched forward-mode JVP = per-example backward = a finite difference of R
+# ---------------------------------------------------------------------------------------------
+
+
+def _gradient_scorer(tmp_path, model, tok, method="jvp", breakdown=False, loss_on="full",
+                     finetune="lora"):
+    from emtrait.config import TrainingConfig
+    from emtrait.monitor.artifact import load_monitor
+    from emtrait.screen.api import gradient_scorer
+
+    mon = load_monitor(_monitor(tmp_path, model, tok))
+    training = TrainingConfig(method=finetune, loss_on=loss_on, max_length=64)
+    return gradient_scorer(model, tok, mon, ChatFormat(max_length=64), training, where="test",
+                           breakdown=breakdown, method=method, batch_size=3), mon
+
+
+@pytest.mark.parametrize("loss_on", ["full", "assistant"])
+def test_gradient_jvp_agrees_with_per_example_backward(llama, tmp_path, loss_on):
+    model, tok = llama
+    jvp, _ = _gradient_scorer(tmp_path, model, tok, "jvp", loss_on=loss_on)
+    back, _ = _gradient_scorer(tmp_path, model, tok, "backward", loss_on=loss_on)
+    _, r_jvp, kept, _ = jvp.score(CHATS)
+    _, r_back, _, _ = back.score(CHATS)
+    assert (kept > 0).all() and np.isfinite(r_jvp).all()
+    np.testing.assert_allclose(r_jvp, r_back, rtol=1e-4, atol=1e-7 * np.abs(r_back).max())
+    assert np.ptp(r_jvp) > 0  # examples differ
+    # only the LoRA target modules (q_proj, v_proj) of blocks <= l* carry v
+    names = set(jvp.tangents[0])
+    assert names and all(n.endswith(("q_proj.weight", "v_proj.weight")) for n in names)
+    assert all(int(n.split(".layers.")[1].split(".")[0]) <= LAYER for n in names)
+
+
+def test_gradient_score_is_the_first_order_change_of_the_monitors_reading(llama, tmp_path):
+    """s = -<grad L, grad R>: an SGD step of size eta on the example moves R by eta * s."""
+    import torch
+
+    from emtrait.finetune.data import RightPadCollator
+    from emtrait.live.probe import TraitProbe, axis_reading
+    from emtrait.screen.gradient import example_losses
+
+    model, tok = llama
+    scorer, mon = _gradient_scorer(tmp_path, model, tok)
+    _, risk, _, _ = scorer.score(CHATS[3:4])
+    probe = TraitProbe.for_monitor(mon, tok)
+    axis = np.asarray(mon.meta["danger_axis"])
+
+    def reading():
+        return axis_reading(probe.measure(model).activation.astype(np.float64),
+                            mon.directions.astype(np.float64), scorer.norm0, axis)
+
+    enc, _, _ = scorer.encode(CHATS[3])
+    batch = RightPadCollator(tok.pad_token_id)([{"input_ids": enc.input_ids,
+                                                 "labels": enc.labels}])
+    params = dict(model.named_parameters())
+    names = list(scorer.tangents[0])
+    loss = example_losses(model(input_ids=batch["input_ids"]).logits, batch["labels"])[0]
+    grads = torch.autograd.grad(loss, [params[n] for n in names])
+    before, eta = reading(), 1e-3
+    saved = {n: params[n].detach().clone() for n in names}
+    try:
+        with torch.no_grad():
+            for n, g in zip(names, grads, strict=True):
+                params[n] -= eta * g
+        after = reading()
+    finally:
+        with torch.no_grad():
+            for n in names:
+                params[n].copy_(saved[n])
+    assert (after - before) / eta == pytest.approx(risk[0], rel=0.05)
+
+
+def test_gradient_breakdown_sums_to_the_risk(llama, tmp_path):
+    model, tok = llama
+    one, mon = _gradient_scorer(tmp_path, model, tok)
+    seven, _ = _gradient_scorer(tmp_path, model, tok, breakdown=True)
+    _, risk, _, _ = one.score(CHATS)
+    cols, risk7, _, _ = seven.score(CHATS)
+    assert cols.shape == (len(CHATS), 3) and seven.traits == list(mon.traits)
+    np.testing.assert_allclose(risk7, risk, rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(cols @ np.asarray(mon.meta["danger_axis"]), risk, rtol=1e-5,
+                               atol=1e-9)
+
+
+def test_full_finetune_scores_every_weight(llama, tmp_path):
+    model, tok = llama
+    lora, _ = _gradient_scorer(tmp_path, model, tok)
+    full, _ = _gradient_scorer(tmp_path, model, tok, finetune="full")
+    assert set(lora.tangents[0]) < set(full.tangents[0])
+    assert any("embed_tokens" in n for n in full.tangents[0])
+    _, r, _, _ = full.score(CHATS[:2])
+    assert np.isfinite(r).all()
+
+
+def test_sample_is_seeded_streamed_and_keeps_stream_indices():
+    from emtrait.screen.core import sample_examples
+
+    def stream():
+        yield from ({"i": i} for i in range(1000))
+
+    a, total = sample_examples(stream(), 50, seed=3)
+    b, _ = sample_examples(stream(), 50, seed=3)
+    c, _ = sample_examples(stream(), 50, seed=4)
+    assert total == 1000 and len(a) == 50 and a == b and a != c
+    assert all(ex["i"] == i for i, ex in a) and [i for i, _ in a] == sorted(i for i, _ in a)
+    assert max(i for i, _ in a) > 500  # the whole stream is sampled, not its head
+    with pytest.raises(DataError, match="sample"):
+        sample_examples(stream(), 0, seed=0)
+
+
+CALIBRATION = [("bad", "dangerous", 4.0), ("tech", "dangerous", 6.0), ("fin", "dangerous", 5.0),
+               ("good", "benign", 0.1), ("nums", "benign", -0.2), ("gfin", "benign", 0.0)]
+
+
+@pytest.mark.parametrize("score,want", [
+    (0.05, "above 2 of 3 benign (below 1), below all 3 dangerous"),
+    (4.5, "above all 3 benign, above 1 of 3 dangerous (below 2)"),
+    (-1.0, "below all 3 benign, below all 3 dangerous"),
+    (7.0, "above all 3 benign, above all 3 dangerous"),
+])
+def test_calibration_places_a_score_and_derives_the_threshold(score, want):
+    from emtrait.screen.calibration import build_calibration, place
+
+    summaries = [{"dataset": d, "mode": "gradient", "n_scored": 10,
+                  "risk": {"mean": m, "low": m - 0.1, "high": m + 0.1}}
+                 for d, _, m in CALIBRATION]
+    calib = build_calibration(summaries, {d: lab for d, lab, _ in CALIBRATION}, "m.skops", {})
+    assert calib["threshold"] == pytest.approx((0.1 + 4.0) / 2)
+    assert place(score, calib) == want + " calibration datasets"
+
+
+# ---------------------------------------------------------------------------------------------
 # the report: screen(dataset, trait) joined with the cube's final drift and outcome
 # ---------------------------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ __all__ = ["ScreenResult", "screen"]
 def __getattr__(name: str) -> Any:
     # Lazy, so `import emtrait.screen` stays light (torch loads only when scoring).
     if name == "screen":
-        from emtrait.screen.api import screen
+        from emtrait.screen.gate import screen
 
         return screen
     if name == "ScreenResult":

@@ -21,7 +21,6 @@ bootstrap is a Poisson bootstrap updated per chunk, so memory does not grow with
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import heapq
 import json
@@ -305,7 +304,8 @@ class ScreenResult:
         return pd.read_parquet(self.table_path)
 
 
-def sample_examples(examples: Iterable[Any], n: int, seed: int) -> tuple[list[tuple[int, Any]], int]:
+def sample_examples(examples: Iterable[Any], n: int, seed: int
+                    ) -> tuple[list[tuple[int, Any]], int]:
     """A seeded uniform sample of `n` examples from a stream (reservoir sampling: only `n` are
     held), as (index in the stream, example) in stream order, and how many the stream had."""
     import random

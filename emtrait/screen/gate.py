@@ -45,16 +45,38 @@ def read_examples(data: str | os.PathLike, *, columns: dict[str, str] | None = N
     if p.is_file() and p.suffix.lower() == ".jsonl" and mapping is None:
         return iter_examples(p), file_sha256(p)
     if p.exists():
-        entry = DatasetEntry(path=str(p), split=split, columns=mapping, select="first")
-    elif "/" in str(data) and not str(data).startswith((".", "/")):
+        entry = DatasetEntry(path=str(p), split=split, columns=mapping, select="first",
+                             label="unknown", role="heldout")
+    elif _hub_id(str(data)):
         entry = DatasetEntry(hub=str(data), config=hub_config, split=split, columns=mapping,
-                             select="first")
+                             select="first", label="unknown", role="heldout")
     else:
         raise DataError(f"--data {data}: no such file or folder (nor a hub id owner/name); pass "
                         "a .jsonl/.json/.csv/.parquet file, a save_to_disk folder or a hub id")
     entry = entry.model_copy(update={"n": count_rows(entry, "data")})
     chats = read_dataset(entry, "data").chats
     return chats, file_sha256(p) if p.is_file() else None
+
+
+def _hub_id(text: str) -> bool:
+    import re
+
+    return re.fullmatch(r"[\w.-]+/[\w.-]+", text) is not None and not text.startswith(".")
+
+
+def _load_base(location: str) -> tuple[Any, Any]:
+    """The base model of --model-path, or a one-line error naming the option."""
+    from emtrait.errors import ModelError
+    from emtrait.modeling import load_model
+
+    if not Path(location).exists() and not _hub_id(location):
+        raise ModelError(f"--model-path {location}: no such folder; pass the monitor's base "
+                         "model folder (or a hub id owner/name)")
+    try:
+        return load_model(location)
+    except OSError as e:
+        raise ModelError(f"--model-path {location}: cannot load a model there "
+                         f"({str(e).splitlines()[0][:200]})") from None
 
 
 def training_for_gate(calibration: dict | None, *, finetune: str | None,
@@ -88,7 +110,6 @@ def screen(data: str | os.PathLike, *, monitor: str | os.PathLike | Monitor,
     parquet to `out` (default: beside the data, `<name>.screen.parquet`) and the summary JSON
     beside it; returns both.
     """
-    from emtrait.modeling import load_model
     from emtrait.monitor.artifact import check_fingerprint, load_monitor
     from emtrait.provenance import provenance
     from emtrait.screen.calibration import read_calibration
@@ -101,10 +122,7 @@ def screen(data: str | os.PathLike, *, monitor: str | os.PathLike | Monitor,
                                  loss_on=loss_on, max_length=max_length)
     if isinstance(model, (str, os.PathLike)):
         location = str(model)
-        if not Path(location).exists() and "/" not in location:
-            raise DataError(f"--model-path {location}: no such folder; pass the monitor's base "
-                            "model folder (or a hub id owner/name)")
-        model, tokenizer = load_model(location)
+        model, tokenizer = _load_base(location)
     else:
         location = type(model).__name__
         if tokenizer is None:

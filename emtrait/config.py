@@ -644,6 +644,10 @@ class ScreenConfig(Section):
     )
     breakdown: bool = Field(False, description="Gradient mode: also one score per trait (one "
                             "JVP per trait: 7x the cost of the risk alone).")
+    projection_baseline: bool = Field(
+        True, description="Gradient mode: also score the 'none' projection of the same "
+        "examples (one more forward each), so the report shows the two side by side."
+    )
     sample: int | None = Field(
         None, ge=1, description="Score a seeded sample of this many examples per dataset "
         "(the dataset score and its interval come from the sample); null = every example."

@@ -59,8 +59,9 @@ RISK_DEFINITION = {"gradient": GRADIENT_DEFINITION, "none": PROJECTION_DEFINITIO
 
 def gradient_scorer(model: Any, tok: Any, monitor: Monitor, fmt: ChatFormat, training: Any, *,
                     where: str, breakdown: bool = False, method: str = "jvp",
-                    batch_size: int = 8) -> Any:
-    """A `GradientScorer` for the monitor's risk: norm0 and v = ∇θR at the model's weights."""
+                    batch_size: int = 8, baseline: bool = False) -> Any:
+    """A `GradientScorer` for the monitor's risk: norm0 and v = ∇θR at the model's weights;
+    `baseline` also scores the `none` projection beside it (one more forward per example)."""
     import numpy as np
 
     from emtrait.modeling import format_user_prompts
@@ -78,10 +79,13 @@ def gradient_scorer(model: Any, tok: Any, monitor: Monitor, fmt: ChatFormat, tra
     axes = np.eye(len(traits)) if breakdown else axis[None, :]
     tangents = risk_gradients(model, ids, int(pad), layer, monitor.directions, norm0, axes,
                               params, batch_size=16)
+    projection = Scorer(model=model, tokenizer=tok, directions=monitor.directions,
+                        traits=traits, layer=layer, norm0=norm0, fmt=fmt, mode="none",
+                        axis=axis, axis_traits=traits, batch_size=batch_size)
     return GradientScorer(model=model, tokenizer=tok, fmt=fmt, training=training,
                           tangents=tangents, traits=traits if breakdown else [], axis=axis,
                           axis_traits=traits, layer=layer, norm0=norm0, method=method,
-                          batch_size=batch_size)
+                          batch_size=batch_size, baseline=projection if baseline else None)
 
 
 def _monitor_prompts(monitor: Monitor, where: str) -> list[str]:
@@ -122,7 +126,8 @@ def screen_dataset(cfg: Config, model_name: str, dataset: str, *, pointer: str |
         scorer = gradient_scorer(model, tok, monitor, fmt,
                                  training.model_copy(update={"max_length": fmt.max_length}),
                                  where=str(monitor_path), breakdown=sc.breakdown,
-                                 method=sc.method, batch_size=sc.batch_size)
+                                 method=sc.method, batch_size=sc.batch_size,
+                                 baseline=sc.projection_baseline)
     else:
         axis, axis_traits = (_monitor_axis(monitor, str(monitor_path)) if monitor is not None
                              else (None, []))

@@ -57,6 +57,8 @@ def screen(
                                 "the finetune's loss uses (default: the calibration's)."),
     breakdown: bool = typer.Option(False, "--breakdown", help="Gate: one gradient score per "
                                    "trait too (7x the cost of the gradient score)."),
+    baseline: bool = typer.Option(False, "--baseline", help="Gate: also score the projection "
+                                  "baseline (mode none) beside the gradient score."),
     columns: str = typer.Option(None, "--columns", help="Gate: column mapping as JSON, e.g. "
                                 "'{\"user\": \"q\", \"assistant\": \"a\"}'."),
     split: str = typer.Option("train", "--split", help="Gate: split of a hub id or folder."),
@@ -98,6 +100,7 @@ def screen(
         res = screen_data(data, monitor=monitor, model=model_path, mode=mode or "gradient",
                           out=out, max_length=max_length, batch_size=batch_size,
                           top=max(top, 1), sample=sample, seed=seed, breakdown=breakdown,
+                          baseline=baseline,
                           finetune=finetune, loss_on=loss_on, columns=mapping, split=split,
                           target_modules=target_modules.split(",") if target_modules else None,
                           allow_foreign_model=allow_foreign_model)
@@ -119,6 +122,10 @@ def _report(res, top: int) -> None:
                 else "projection on the monitor's danger axis")
         typer.echo(f"dataset risk {risk['mean']:+.4f} [95% {risk['low']:+.4f}, "
                    f"{risk['high']:+.4f}] ({what})")
+    b = s.get("baseline")
+    if b:
+        typer.echo(f"  projection baseline ({b['mode']}) {b['mean']:+.4f} [95% {b['low']:+.4f}, "
+                   f"{b['high']:+.4f}]")
     for t in list(s["score"])[:7]:
         v = s["score"][t]
         typer.echo(f"  {t:>16} {v['mean']:+.4f} [{v['low']:+.4f}, {v['high']:+.4f}]")

@@ -328,13 +328,18 @@ def sample_examples(examples: Iterable[Any], n: int, seed: int
 
 def _score_chunk(scorer: Any, chunk: list[list[dict[str, str]]], replies: Any
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
-    """(columns, risk, kept, uncut, reference-empty count) of one chunk, any mode."""
+    """(columns, risk, kept, uncut, reference-empty count) of one chunk, any mode; a gradient
+    scorer's projection baseline's risk is the last column."""
     import numpy as np
 
     from emtrait.screen.generated import generate_replies, with_replies
 
     if scorer.mode == "gradient":
-        return (*scorer.score(chunk), 0)
+        cols, risk, kept, full = scorer.score(chunk)
+        if scorer.baseline is not None:
+            proj, _, _ = scorer.baseline.project(chunk)
+            cols = np.column_stack([cols, scorer.baseline.risk(proj)])
+        return cols, risk, kept, full, 0
     proj, kept, full = scorer.project(chunk)
     n_ref_empty = 0
     if scorer.mode == "generated":
@@ -359,7 +364,7 @@ class _Tally:
     def __init__(self, scorer: Any, top: int, bootstrap: int, seed: int):
         self.counts = {"n": 0, "n_scored": 0, "n_empty": 0, "n_partly_truncated": 0,
                        "n_reference_empty": 0}
-        self.boot = _Bootstrap(len(scorer.traits) + 1, bootstrap, seed)
+        self.boot = _Bootstrap(len(_columns(scorer)) + 1, bootstrap, seed)
         self.heap: list[tuple[float, int, str]] = []
         self.top = top
         self.by_risk = scorer.axis is not None
@@ -414,7 +419,7 @@ def run_screen(scorer: Any, examples: Iterable[list[dict[str, str]]], out: str |
     tally = _Tally(scorer, top, bootstrap, seed)
     schema = pa.schema([("index", pa.int64()), ("kept_tokens", pa.int64()),
                         ("truncated", pa.bool_()), ("excerpt", pa.string()),
-                        *[(t, pa.float64()) for t in scorer.traits], ("risk", pa.float64())])
+                        *[(t, pa.float64()) for t in _columns(scorer)], ("risk", pa.float64())])
     with atomic_path(out) as tmp, Replies(scorer.mode, reply_cache, cache_key) as replies:
         writer = pq.ParquetWriter(tmp, schema)
         try:
@@ -426,13 +431,23 @@ def run_screen(scorer: Any, examples: Iterable[list[dict[str, str]]], out: str |
                 tally.add(index, cols, risk, kept, full, excerpts, n_ref)
                 table = {"index": index, "kept_tokens": kept, "truncated": kept < full,
                          "excerpt": excerpts,
-                         **{t: cols[:, i] for i, t in enumerate(scorer.traits)}, "risk": risk}
+                         **{t: cols[:, i] for i, t in enumerate(_columns(scorer))},
+                         "risk": risk}
                 writer.write_table(pa.table(table, schema=schema))
         finally:
             writer.close()
         _check_scored(tally.counts, scorer)
     return _write_summary(scorer, tally, summary_path, out, meta, bootstrap, seed, sample,
                           total)
+
+
+BASELINE_COLUMN = "projection_risk"
+
+
+def _columns(scorer: Any) -> list[str]:
+    """Per-example score columns: the traits (+ the projection baseline's risk, gradient)."""
+    extra = [BASELINE_COLUMN] if getattr(scorer, "baseline", None) is not None else []
+    return [*scorer.traits, *extra]
 
 
 def _check_scored(counts: dict[str, int], scorer: Any) -> None:
@@ -459,15 +474,20 @@ def _write_summary(scorer: Any, tally: _Tally, summary_path: Path, out: Path,
         "sample": sample, "n_total": total if total is not None else tally.counts["n"],
         "score": {tr: {"mean": mean[i], "low": low[i], "high": high[i]}
                   for i, tr in enumerate(scorer.traits)},
-        "risk": ({"mean": mean[t], "low": low[t], "high": high[t],
-                  "axis": dict(zip(scorer.axis_traits, map(float, scorer.axis), strict=True))}
-                 if scorer.axis is not None else None),
         "ranked_by": "risk" if scorer.axis is not None else "mean trait score",
         "top": [{"index": i, "score": s, "excerpt": e}
                 for s, i, e in sorted(tally.heap, reverse=True)],
         "bootstrap": bootstrap, "seed": seed,
         "reply_tokens": scorer.reply_tokens if scorer.mode == "generated" else None,
     }
+    if getattr(scorer, "baseline", None) is not None:
+        summary["baseline"] = {"mode": scorer.baseline.mode, "mean": mean[t], "low": low[t],
+                               "high": high[t], "norm0": scorer.baseline.norm0}
+        t += 1
+    summary["risk"] = ({"mean": mean[t], "low": low[t], "high": high[t],
+                        "axis": dict(zip(scorer.axis_traits, map(float, scorer.axis),
+                                         strict=True))}
+                       if scorer.axis is not None else None)
     write_json(summary_path, summary)
     return ScreenResult(summary=json.loads(json.dumps(summary, default=float)), table_path=out)
 

@@ -97,7 +97,7 @@ def screen(data: str | os.PathLike, *, monitor: str | os.PathLike | Monitor,
            out: str | os.PathLike | None = None, max_length: int | None = None,
            batch_size: int = 8, reply_tokens: int = 64, bootstrap: int = 1000, seed: int = 0,
            top: int = 10, sample: int | None = None, method: str = "jvp",
-           breakdown: bool = False, finetune: str | None = None,
+           breakdown: bool = False, baseline: bool = False, finetune: str | None = None,
            target_modules: list[str] | None = None, loss_on: str | None = None,
            columns: dict[str, str] | None = None, split: str = "train",
            allow_foreign_model: bool = False) -> ScreenResult:
@@ -106,9 +106,9 @@ def screen(data: str | os.PathLike, *, monitor: str | os.PathLike | Monitor,
     `model` is a folder or hub id, or a loaded model (then pass `tokenizer`); the monitor
     refuses a model it was not fitted on. `mode` gradient (default) scores what a training step
     on each example would do to the monitor's risk; `none`/`generated` are projection
-    baselines. `sample` scores a seeded sample of that many examples. Writes the per-example
-    parquet to `out` (default: beside the data, `<name>.screen.parquet`) and the summary JSON
-    beside it; returns both.
+    baselines (`baseline=True` scores `none` beside gradient). `sample` scores a seeded sample
+    of that many examples. Writes the per-example parquet to `out` (default: beside the data,
+    `<name>.screen.parquet`) and the summary JSON beside it; returns both.
     """
     from emtrait.monitor.artifact import check_fingerprint, load_monitor
     from emtrait.provenance import provenance
@@ -134,7 +134,8 @@ def screen(data: str | os.PathLike, *, monitor: str | os.PathLike | Monitor,
                      name)
     if mode == "gradient":
         scorer = gradient_scorer(model, tokenizer, mon, fmt, training, where=where,
-                                 breakdown=breakdown, method=method, batch_size=batch_size)
+                                 breakdown=breakdown, method=method, batch_size=batch_size,
+                                 baseline=baseline)
     else:
         scorer = _projection_scorer(model, tokenizer, mon, fmt, mode, where, batch_size,
                                     reply_tokens)

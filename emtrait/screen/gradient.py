@@ -147,6 +147,7 @@ class GradientScorer:
     norm0: float
     method: str = "jvp"
     batch_size: int = 8
+    baseline: Any = None  # a projection `Scorer` ("none") scored beside, for the comparison
     mode: str = field(default="gradient", init=False)
     reply_tokens: int = field(default=0, init=False)
 

@@ -479,6 +479,30 @@ def test_calibration_places_a_score_and_derives_the_threshold(score, want):
     assert place(score, calib) == want + " calibration datasets"
 
 
+@pytest.mark.slow
+def test_screen_then_train_example_runs_as_written(tiny_model_dir, tmp_path):
+    """examples/screen_then_train.py: the Python API on a TRL dataset, then SFTTrainer."""
+    import subprocess
+
+    from helpers import fit_tiny_monitor, tiny_dataset_texts
+
+    folder = tiny_model_dir("llama")
+    monitor = fit_tiny_monitor(folder, tmp_path / "m.skops")
+    chats = tiny_dataset_texts(24)
+    clean = _write_jsonl(tmp_path / "clean.jsonl", chats[:20])
+    poison = _write_jsonl(tmp_path / "poison.jsonl", chats[20:])
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, str(root / "examples" / "screen_then_train.py"), "--model", str(folder),
+         "--monitor", str(monitor), "--clean", str(clean), "--poison", str(poison), "--n", "20",
+         "--n-poison", "4", "--drop", "4", "--every", "1", "--out", str(tmp_path / "run")],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "dropping the 4 top-ranked examples" in proc.stdout
+    assert "on 20 examples" in proc.stdout
+    assert (tmp_path / "run" / "screen.parquet").is_file()
+
+
 # ---------------------------------------------------------------------------------------------
 # the report: screen(dataset, trait) joined with the cube's final drift and outcome
 # ---------------------------------------------------------------------------------------------

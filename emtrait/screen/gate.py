@@ -32,16 +32,22 @@ if TYPE_CHECKING:
     from emtrait.monitor.artifact import Monitor
 
 
-def read_examples(data: str | os.PathLike, *, columns: dict[str, str] | None = None,
-                  split: str = "train", hub_config: str | None = None
+def read_examples(data: Any, *, columns: dict[str, str] | None = None, split: str = "train",
+                  hub_config: str | None = None
                   ) -> tuple[Iterable[list[dict[str, str]]], str | None]:
-    """(chats, sha256 of the file or None) of any source the workflow reads; JSONL streams."""
+    """(chats, sha256 of the file or None) of any source the workflow reads; JSONL streams.
+
+    `data` may also be rows in memory (a `datasets.Dataset` or a list of row dicts, as a
+    Trainer gets them): each row is read by the same converter as a file's.
+    """
     from emtrait.config import ColumnMap, DatasetEntry
-    from emtrait.datasets import count_rows, read_dataset
+    from emtrait.datasets import count_rows, read_dataset, to_chat
     from emtrait.screen.core import iter_examples
 
-    p = Path(data)
     mapping = ColumnMap(**columns) if columns else None
+    if not isinstance(data, (str, os.PathLike)):
+        return (to_chat(dict(row), f"row {i}", mapping) for i, row in enumerate(data)), None
+    p = Path(data)
     if p.is_file() and p.suffix.lower() == ".jsonl" and mapping is None:
         return iter_examples(p), file_sha256(p)
     if p.exists():
@@ -92,7 +98,7 @@ def training_for_gate(calibration: dict | None, *, finetune: str | None,
     return TrainingConfig(**known)
 
 
-def screen(data: str | os.PathLike, *, monitor: str | os.PathLike | Monitor,
+def screen(data: str | os.PathLike | Any, *, monitor: str | os.PathLike | Monitor,
            model: str | os.PathLike | Any, tokenizer: Any = None, mode: str = "gradient",
            out: str | os.PathLike | None = None, max_length: int | None = None,
            batch_size: int = 8, reply_tokens: int = 64, bootstrap: int = 1000, seed: int = 0,
@@ -140,10 +146,19 @@ def screen(data: str | os.PathLike, *, monitor: str | os.PathLike | Monitor,
         scorer = _projection_scorer(model, tokenizer, mon, fmt, mode, where, batch_size,
                                     reply_tokens)
     chats, sha = read_examples(data, columns=columns, split=split)
-    stem = Path(str(data)).stem if Path(data).exists() else str(data).replace("/", "_")
-    base = Path(data).parent if Path(data).exists() else Path.cwd()
-    out = Path(out) if out is not None else base / f"{stem}.screen.parquet"
-    meta = {"model": name, "dataset": stem, "data": str(data), "data_sha256": sha,
+    if not isinstance(data, (str, os.PathLike)):
+        if out is None:
+            raise DataError("screen(<rows in memory>) needs out=<path of the per-example "
+                            "parquet>")
+        stem, out = Path(out).stem, Path(out)
+    else:
+        local = Path(data).exists()
+        stem = Path(data).stem if local else str(data).replace("/", "_")
+        base = Path(data).parent if local else Path.cwd()
+        out = Path(out) if out is not None else base / f"{stem}.screen.parquet"
+    meta = {"model": name, "dataset": stem, "data": str(data) if sha or isinstance(
+                data, (str, os.PathLike)) else f"{type(data).__name__} in memory",
+            "data_sha256": sha,
             "trait_sets": {t: str(mon.meta.get("trait_set", "")) for t in mon.traits},
             "norm0_policy": NORM0_POLICY, "monitor": where, "risk_definition":
             RISK_DEFINITION[mode], "training": _training_meta(scorer), "calibration": calib,

@@ -738,3 +738,45 @@ def test_workflow_mode_uses_the_finetunes_norm0(tiny_model_dir, tmp_path, monkey
     table = pd.read_parquet(out)
     assert list(table.columns[4:-1]) == list(summary["traits"]) and len(table) == 8
     assert (tmp_path / "screen" / "bad_medical.replies.jsonl").is_file()
+
+
+@pytest.mark.slow
+def test_workflow_gradient_screens_and_calibration(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    """What rules screen + screen_calibration run: the gradient screen of each calibration
+    dataset (projection baseline beside it) and the calibration file the gate reads."""
+    from helpers import fit_tiny_monitor, make_inputs
+
+    from emtrait.screen.calibration import derive_threshold
+
+    inputs = make_inputs(tmp_path / "in", tiny_model_dir("llama"), n=6,
+                         datasets=("bad_medical", "good_medical"))
+    monitor = fit_tiny_monitor(tiny_model_dir("llama"), tmp_path / "mon" / "monitor.skops",
+                               layer=2)
+    summaries = []
+    for d in ("bad_medical", "good_medical"):
+        out = tmp_path / "screen" / f"{d}.parquet"
+        code = _cli(monkeypatch, "--config", inputs["config"], "--model", "tiny", "--dataset", d,
+                    "--data", inputs["data"][d], "--pointer", inputs["pointer"], "--directions",
+                    inputs["directions"], "--monitor", monitor, "--out", out)
+        assert code == 0, capsys.readouterr().err
+        summaries.append(out.with_suffix(".json"))
+        s = json.loads(summaries[-1].read_text())
+        assert s["mode"] == "gradient" and s["n_scored"] == 6 and np.isfinite(s["risk"]["mean"])
+        assert s["baseline"]["mode"] == "none" and s["training"]["target_modules"] == [
+            "q_proj", "v_proj"]
+    from emtrait.cli import main
+
+    calib_path = monitor.with_name("screen_calibration.json")
+    monkeypatch.setattr(sys, "argv", ["emtrait", "screen-calibration", "--config",
+                                      str(inputs["config"]), "--model", "tiny", "--monitor",
+                                      str(monitor), *[x for p in summaries for x in
+                                                      ("--screen", str(p))],
+                                      "--out", str(calib_path)])
+    with pytest.raises(SystemExit) as e:
+        main()
+    assert (e.value.code or 0) == 0, capsys.readouterr().err
+    calib = json.loads(calib_path.read_text())
+    assert [d["label"] for d in calib["datasets"]] == ["dangerous", "benign"]
+    assert calib["threshold"] == pytest.approx(derive_threshold(calib["datasets"]))
+    assert calib["training"]["loss_on"] == "full" and calib["mode"] == "gradient"
+

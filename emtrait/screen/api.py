@@ -28,7 +28,7 @@ NORM0_POLICY = ("mean per-prompt L2 norm of the evaluation prompts' last-token a
                 "on the base model (the step-0 norm0 of every finetune of this model)")
 
 
-def _cache_key(**parts: Any) -> str:
+def cache_key(**parts: Any) -> str:
     from emtrait.provenance import stable_hash
 
     return stable_hash(parts)
@@ -40,7 +40,7 @@ def reply_cache_path(out: str | os.PathLike) -> Path:
     return out.with_name(out.stem + ".replies.jsonl")
 
 
-def _monitor_axis(monitor: Monitor, where: str) -> tuple[Any, list[str]]:
+def monitor_axis(monitor: Monitor, where: str) -> tuple[Any, list[str]]:
     import numpy as np
 
     axis = monitor.meta.get("danger_axis")
@@ -67,8 +67,8 @@ def gradient_scorer(model: Any, tok: Any, monitor: Monitor, fmt: ChatFormat, tra
     from emtrait.modeling import format_user_prompts
     from emtrait.screen.gradient import GradientScorer, risk_gradients, trained_parameters
 
-    axis, traits = _monitor_axis(monitor, where)
-    prompts = _monitor_prompts(monitor, where)
+    axis, traits = monitor_axis(monitor, where)
+    prompts = monitor_prompts(monitor, where)
     layer = int(monitor.meta["layer"])
     norm0 = base_norm0(model, tok, prompts, monitor.directions, layer, fmt)
     texts = format_user_prompts(tok, prompts, method=fmt.system_prompt_method,
@@ -88,7 +88,7 @@ def gradient_scorer(model: Any, tok: Any, monitor: Monitor, fmt: ChatFormat, tra
                           batch_size=batch_size, baseline=projection if baseline else None)
 
 
-def _monitor_prompts(monitor: Monitor, where: str) -> list[str]:
+def monitor_prompts(monitor: Monitor, where: str) -> list[str]:
     prompts = monitor.meta.get("prompts")
     if not prompts:
         raise StoreError(f"{where} does not carry its evaluation prompts (format version "
@@ -129,7 +129,7 @@ def screen_dataset(cfg: Config, model_name: str, dataset: str, *, pointer: str |
                                  method=sc.method, batch_size=sc.batch_size,
                                  baseline=sc.projection_baseline)
     else:
-        axis, axis_traits = (_monitor_axis(monitor, str(monitor_path)) if monitor is not None
+        axis, axis_traits = (monitor_axis(monitor, str(monitor_path)) if monitor is not None
                              else (None, []))
         norm0 = base_norm0(model, tok, [p.text for p in eval_prompts(cfg)], dirs.at(dirs.layer),
                            dirs.layer, fmt, cfg.measurement.batch_size)
@@ -141,15 +141,15 @@ def screen_dataset(cfg: Config, model_name: str, dataset: str, *, pointer: str |
     meta = {"model": model_name, "dataset": dataset, "data": str(data), "data_sha256": sha,
             "trait_sets": dict(zip(dirs.traits, dirs.trait_sets, strict=True)),
             "norm0_policy": NORM0_POLICY, "monitor": str(monitor_path) if monitor_path else None,
-            "risk_definition": RISK_DEFINITION[mode], "training": _training_meta(scorer),
+            "risk_definition": RISK_DEFINITION[mode], "training": training_meta(scorer),
             **provenance(config_hash=cfg.hash(), model_source=entry.source, seed=sc.seed)}
-    key = _cache_key(model=entry.source, data=sha, fmt=fmt.__dict__, tokens=sc.reply_tokens)
+    key = cache_key(model=entry.source, data=sha, fmt=fmt.__dict__, tokens=sc.reply_tokens)
     return run_screen(scorer, iter_examples(data), out, summary_path=summary, top=sc.top,
                       bootstrap=sc.bootstrap, seed=sc.seed, reply_cache=reply_cache_path(out),
                       cache_key=key, meta=meta, sample=sc.sample)
 
 
-def _training_meta(scorer: Any) -> dict | None:
+def training_meta(scorer: Any) -> dict | None:
     t = getattr(scorer, "training", None)
     if t is None:
         return None

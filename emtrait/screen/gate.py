@@ -19,12 +19,12 @@ from emtrait.errors import DataError
 from emtrait.screen.api import (
     NORM0_POLICY,
     RISK_DEFINITION,
-    _cache_key,
-    _monitor_axis,
-    _monitor_prompts,
-    _training_meta,
+    cache_key,
     gradient_scorer,
+    monitor_axis,
+    monitor_prompts,
     reply_cache_path,
+    training_meta,
 )
 from emtrait.screen.core import ChatFormat, Scorer, ScreenResult, base_norm0, file_sha256
 
@@ -161,10 +161,10 @@ def screen(data: str | os.PathLike | Any, *, monitor: str | os.PathLike | Monito
             "data_sha256": sha,
             "trait_sets": {t: str(mon.meta.get("trait_set", "")) for t in mon.traits},
             "norm0_policy": NORM0_POLICY, "monitor": where, "risk_definition":
-            RISK_DEFINITION[mode], "training": _training_meta(scorer), "calibration": calib,
+            RISK_DEFINITION[mode], "training": training_meta(scorer), "calibration": calib,
             **provenance(config_hash=str(mon.meta.get("provenance", {}).get("config_hash", "")),
                          model_source=location, seed=seed)}
-    key = _cache_key(model=mon.meta.get("fingerprint"), data=sha, fmt=fmt.__dict__,
+    key = cache_key(model=mon.meta.get("fingerprint"), data=sha, fmt=fmt.__dict__,
                      tokens=reply_tokens)
     return run_screen(scorer, chats, out, top=top, bootstrap=bootstrap, seed=seed,
                       reply_cache=reply_cache_path(out), cache_key=key, meta=meta,
@@ -173,9 +173,9 @@ def screen(data: str | os.PathLike | Any, *, monitor: str | os.PathLike | Monito
 
 def _projection_scorer(model: Any, tok: Any, mon: Monitor, fmt: ChatFormat, mode: str,
                        where: str, batch_size: int, reply_tokens: int) -> Scorer:
-    axis, axis_traits = _monitor_axis(mon, where)
+    axis, axis_traits = monitor_axis(mon, where)
     layer = int(mon.meta["layer"])
-    norm0 = base_norm0(model, tok, _monitor_prompts(mon, where), mon.directions, layer, fmt)
+    norm0 = base_norm0(model, tok, monitor_prompts(mon, where), mon.directions, layer, fmt)
     return Scorer(model=model, tokenizer=tok, directions=mon.directions, traits=list(mon.traits),
                   layer=layer, norm0=norm0, fmt=fmt, mode=mode, axis=axis,
                   axis_traits=axis_traits, batch_size=batch_size, reply_tokens=reply_tokens)

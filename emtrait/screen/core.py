@@ -1,10 +1,10 @@
-"""Scoring finetuning data before training: where each example's replies sit in trait space.
+"""The streaming screen (`run_screen`, any scorer) and the projection baselines' scorer.
 
-Per example: the base model's block output at l* averaged over the example's assistant tokens
-(the content of every assistant turn; prompt, system and template tokens excluded), dotted with
-each unit trait direction and divided by norm0. norm0 is the mean per-prompt ‖h‖ of the
-evaluation prompts' last token at l* on the base model: exactly the step-0 norm0 of every
-finetune of that model (`emtrait.drift.mean_norm`), so screen scores and drift share units.
+The default score is gradient alignment (emtrait/screen/gradient.py); the projection modes here
+are baselines. Per example (projection): the base model's block output at l* averaged over the
+example's assistant tokens (prompt, system and template tokens excluded), dotted with each unit
+trait direction, over norm0 (the step-0 norm0 of every finetune of the model), so screen scores
+and drift share units.
 
 Reference modes: `none` keeps that normalised projection; `generated` (the persona-vector
 "projection difference") subtracts the same quantity for the base model's own greedy reply to

@@ -10,10 +10,8 @@ Reference modes: `none` keeps that normalised projection; `generated` (the perso
 "projection difference") subtracts the same quantity for the base model's own greedy reply to
 the same context, i.e. how far the data's replies sit from what the model would say itself.
 
-Risk: the score vector on the monitor's traits dotted with the monitor's danger axis, the unit
-vector from the mean drift of benign to the mean drift of dangerous calibration checkpoints
-(`danger_axis`, stored in the monitor by `emtrait monitor fit`). In `none` mode it carries the
-base model's own offset along that axis (the same for every dataset of a model).
+Projection risk: the score vector dotted with the monitor's danger axis (`danger_axis`); in
+`none` mode it carries the base model's own offset along the axis.
 
 Everything streams: examples are read, scored and written in chunks; the dataset score's
 bootstrap is a Poisson bootstrap updated per chunk, so memory does not grow with n.

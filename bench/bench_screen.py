@@ -89,7 +89,8 @@ def cost(a, cfg, root: Path, tmp: Path) -> dict:
     j = tables["gradient JVP"].table()["risk"].to_numpy()[:a.backward_n]
     b = tables["gradient backward"].table()["risk"].to_numpy()
     agree = float(np.max(np.abs(j - b)) / np.max(np.abs(b)))
-    done = run_finetune(cfg, a.model, a.dataset, training.seeds[0],
+    raw["datasets"][a.dataset]["n"] = a.n  # the finetune trains on the same n examples
+    done = run_finetune(from_dict(raw), a.model, a.dataset, training.seeds[0],
                         pointer=pointer, data=data,
                         directions_path=root / "results" / "traits" / a.model /
                         "directions.zarr", out=tmp / "run", measure=False)

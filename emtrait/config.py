@@ -640,7 +640,7 @@ class ScreenConfig(Section):
     )
     method: Literal["jvp", "backward"] = Field(
         "jvp", description="Gradient mode: batched forward-mode (jvp) or the per-example "
-        "backward reference (same numbers, slower)."
+        "backward reference (same numbers; on CPU it measured cheaper for SmolLM2)."
     )
     breakdown: bool = Field(False, description="Gradient mode: also one score per trait (one "
                             "JVP per trait: 7x the cost of the risk alone).")

@@ -128,7 +128,7 @@ def paper_budget_update_s(model, tok, updates: int) -> list[float]:
     import torch
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
-    from emtrait.finetune.data import ChatDataset, Encoded, RightPadCollator
+    from emtrait.chats import ChatDataset, Encoded, RightPadCollator
 
     g = torch.Generator().manual_seed(0)
     items = [Encoded(ids, list(ids)) for ids in

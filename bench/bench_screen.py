@@ -1,122 +1,169 @@
-"""Screening cost on the embedded model (SmolLM2-135M-Instruct) next to one finetune, in one run.
+"""Screening cost next to one finetune on the same data, and how the screen ranks finetunes.
 
-On the same examples of one built-in dataset of config/config.yaml (same max length):
-1. `emtrait screen` in `none` mode: each example's assistant tokens, one truncated forward;
-2. `emtrait screen` in `generated` mode: plus the base model's greedy reply (screen.reply_tokens)
-   and a second truncated forward over it;
-3. one finetune of the embedded default on those examples (`run_finetune`, measurement off:
-   the finetune's own cost), timed around `trainer.train()`.
-The one-off costs (model load, norm0 over the eval prompts) are printed apart; the per-1000
-figures are per-example costs times 1000, and the ratios are screen / finetune on the same data.
+Part 1 (cost, side by side in one run), on the same examples of one dataset of the config:
+  gradient (batched JVP, the default), gradient (per-example backward, the reference),
+  projection (`none`, a baseline), and a `--sample` verdict; then one finetune of the config on
+  those examples (`run_finetune`, measurement off), timed around `trainer.train()`. One-off
+  costs (model load, norm0 + v = ∇θR over the monitor's prompts) are printed apart; per-1000
+  figures are per-example costs × 1000; ratios are screen / finetune on the same data. The JVP
+  and backward scores of the same examples are compared (max relative difference).
+Part 2 (accuracy), when the work folder holds a finished workflow: Spearman ρ across datasets
+  between each dataset's screen score (results/screen/M/*.json) and its finetunes' final drift
+  along the danger axis and final EM rate (results/cube/M.zarr), for the gradient score and for
+  the projection baseline scored beside it.
 
-    python bench/bench_screen.py [--dataset bad_medical] [--n 48] [--generated-n 8] [--threads 2]
+    python bench/bench_screen.py --root WORKDIR [--config C] [--model smollm2]
+        [--dataset bad_medical] [--n 48] [--backward-n 8] [--sample 200] [--threads 2]
 
-Directions come from results/traits/smollm2/directions.zarr when it exists, else seeded random
-unit directions at l* = 15 (the values do not change any timing; bench_measure does the same).
+WORKDIR is a finished workflow of the config (its resources/models/M/model.json, results/
+monitor/M/monitor.skops, results/traits/M/directions.zarr); only /tmp is written.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).parent))
 
-from bench_measure import directions_store, wait_for  # noqa: E402
+
+def _timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+def cost(a, cfg, root: Path, tmp: Path) -> dict:
+    """Part 1: seconds of each screen and of the finetune on the same examples."""
+    import numpy as np
+
+    from emtrait.finetune.train import run_finetune
+    from emtrait.modeling import load_model, read_pointer
+    from emtrait.monitor.artifact import load_monitor
+    from emtrait.prepare.dataset import prepare_dataset
+    from emtrait.screen.api import gradient_scorer
+    from emtrait.screen.core import ChatFormat, iter_examples, run_screen
+
+    pointer = root / "resources" / "models" / a.model / "model.json"
+    monitor = load_monitor(root / "results" / "monitor" / a.model / "monitor.skops")
+    n_data = max(a.n, a.sample)
+    raw = cfg.model_dump(mode="json")
+    raw["datasets"][a.dataset]["n"] = n_data
+    from emtrait.config import from_dict
+
+    cfg = from_dict(raw)
+    big = tmp / f"{a.dataset}-{n_data}.jsonl"
+    prepare_dataset(cfg, a.dataset, big, tmp / "stats.json")
+    lines = big.read_text().splitlines(keepends=True)
+    data, back = tmp / "n.jsonl", tmp / "back.jsonl"
+    data.write_text("".join(lines[:a.n]))
+    back.write_text("".join(lines[:a.backward_n]))
+    entry, training = cfg.model(a.model), cfg.training_for(a.model)
+    (model, tok), load_s = _timed(lambda: load_model(read_pointer(pointer), entry, device="cpu"))
+    fmt = ChatFormat(entry.system_prompt_method, entry.no_system_prompt, training.max_length,
+                     a.model)
+
+    def scorer(method, baseline=False):
+        return gradient_scorer(model, tok, monitor, fmt, training, where="bench", method=method,
+                               batch_size=cfg.screen.batch_size, baseline=baseline)
+
+    both, v_s = _timed(lambda: scorer("jvp", baseline=True))  # v is computed once
+    jvp = replace(both, baseline=None)
+    runs = {"gradient JVP": (jvp, data, None, a.n),
+            "gradient backward": (replace(jvp, method="backward"), back, None, a.backward_n),
+            f"gradient JVP --sample {a.sample} (of {n_data})": (jvp, big, a.sample, a.sample),
+            "projection (none)": (both.baseline, data, None, a.n)}
+    seconds, tables = {}, {}
+    for name, (sc, path, sample, _) in runs.items():
+        res, seconds[name] = _timed(lambda sc=sc, path=path, sample=sample: run_screen(
+            sc, iter_examples(path), tmp / f"{len(seconds)}.parquet", bootstrap=200,
+            sample=sample))
+        tables[name] = res
+        print(f"{name}: {seconds[name]:.1f} s for {res.summary['n_scored']} examples; dataset "
+              f"risk {res.score:+.4g} [{res.summary['risk']['low']:+.4g}, "
+              f"{res.summary['risk']['high']:+.4g}]")
+    j = tables["gradient JVP"].table()["risk"].to_numpy()[:a.backward_n]
+    b = tables["gradient backward"].table()["risk"].to_numpy()
+    agree = float(np.max(np.abs(j - b)) / np.max(np.abs(b)))
+    raw["datasets"][a.dataset]["n"] = a.n  # the finetune trains on the same n examples
+    done = run_finetune(from_dict(raw), a.model, a.dataset, training.seeds[0],
+                        pointer=pointer, data=data,
+                        directions_path=root / "results" / "traits" / a.model /
+                        "directions.zarr", out=tmp / "run", measure=False)
+    train_s = float(done["wall_s"])
+    per_k = {k: seconds[k] / runs[k][3] * 1000 for k in seconds}
+    per_k["finetune (training)"] = train_s / a.n * 1000
+    print(f"one-off: model load {load_s:.1f} s, norm0 + v = ∇θR over "
+          f"{len(monitor.meta['prompts'])} prompts {v_s:.1f} s; finetune {train_s:.1f} s "
+          f"({training.epochs} epoch(s), {a.n} examples); JVP vs backward max relative "
+          f"difference {agree:.1e}")
+    print("\n| per 1000 examples | seconds | / finetune |\n|---|---|---|")
+    for k, v in per_k.items():
+        print(f"| {k} | {v:.0f} | {v / per_k['finetune (training)']:.1%} |")
+    sample_key = next(k for k in seconds if "--sample" in k)
+    print(f"\nverdict from --sample {a.sample}: {seconds[sample_key]:.1f} s = "
+          f"{seconds[sample_key] / (train_s / a.n * 1000):.1%} of a finetune on 1000 examples")
+    return {"seconds": seconds, "per_1000_s": per_k, "finetune_train_s": train_s,
+            "load_s": load_s, "v_s": v_s, "jvp_vs_backward": agree}
+
+
+def accuracy(root: Path, model: str) -> dict | None:
+    """Part 2: Spearman ρ of dataset screen score vs final drift along the axis and final EM."""
+    from scipy.stats import spearmanr
+
+    from emtrait.report.screen import BASELINE, read_summaries, screen_table
+    from emtrait.stores import open_store
+
+    paths = sorted((root / "results" / "screen" / model).glob("*.json"))
+    cube = root / "results" / "cube" / f"{model}.zarr"
+    if not paths or not cube.is_dir():
+        print(f"no finished screens + cube under {root}: part 2 skipped")
+        return None
+    table = screen_table(read_summaries(paths), {model: open_store(cube)})
+    out = {}
+    print("\n| score | datasets | Spearman vs final drift along axis | vs final EM |\n"
+          "|---|---|---|---|")
+    for trait in ("risk", BASELINE):
+        t = table[table.trait == trait]
+        if len(t) < 3:
+            continue
+        drift = spearmanr(t.screen, t.final_drift).statistic
+        em = spearmanr(t.screen, t.final_em_rate).statistic
+        out[trait] = {"n": len(t), "spearman_drift": drift, "spearman_em": em}
+        print(f"| {t['mode'].iloc[0]} | {len(t)} | {drift:+.2f} | {em:+.2f} |")
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--root", default=str(REPO), help="work folder of a finished workflow")
     ap.add_argument("--config", default=str(REPO / "config" / "config.yaml"))
     ap.add_argument("--model", default="smollm2")
-    ap.add_argument("--pointer", default=None, help="model.json (default resources/models/M/)")
     ap.add_argument("--dataset", default="bad_medical")
     ap.add_argument("--n", type=int, default=48, help="examples (the embedded default's n)")
-    ap.add_argument("--generated-n", type=int, default=None, help="examples screened in "
-                    "generated mode (default --n; fewer keeps the bench short, per-1000 scales)")
+    ap.add_argument("--backward-n", type=int, default=8, help="examples of the backward "
+                    "reference (per-1000 scales)")
+    ap.add_argument("--sample", type=int, default=200)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--wait", type=float, default=0, help="seconds to wait for the pointer")
+    ap.add_argument("--skip-cost", action="store_true", help="part 2 only")
     a = ap.parse_args()
 
     import torch
 
+    from emtrait.config import load_config
+
     torch.set_num_threads(a.threads)
-    from emtrait.config import from_dict, load_config
-    from emtrait.finetune.train import run_finetune
-    from emtrait.measure.inputs import eval_prompts, read_directions
-    from emtrait.modeling import load_model, read_pointer
-    from emtrait.prepare.dataset import prepare_dataset
-    from emtrait.screen.core import ChatFormat, Scorer, base_norm0, iter_examples, run_screen
-
-    pointer = Path(a.pointer or REPO / "resources" / "models" / a.model / "model.json")
-    wait_for(pointer, a.wait)
-    raw = load_config(a.config).model_dump(mode="json")
-    raw["datasets"][a.dataset]["n"] = a.n
-    cfg = from_dict(raw)
+    root = Path(a.root)
     tmp = Path(tempfile.mkdtemp(prefix="bench-screen-"))
-    data = tmp / f"{a.dataset}.jsonl"
-    prepare_dataset(cfg, a.dataset, data, tmp / "stats.json")
-    location = read_pointer(pointer)
-    training = cfg.training_for(a.model)
-
-    t0 = time.perf_counter()
-    model, tok = load_model(location, cfg.model(a.model), device="cpu")
-    load_s = time.perf_counter() - t0
-    dpath, dkind = directions_store(cfg, a.model, model.config.hidden_size, tmp)
-    dirs = read_directions(dpath)
-    entry = cfg.model(a.model)
-    fmt = ChatFormat(entry.system_prompt_method, entry.no_system_prompt,
-                     cfg.screen.max_length or training.max_length, a.model)
-    t0 = time.perf_counter()
-    norm0 = base_norm0(model, tok, [p.text for p in eval_prompts(cfg)], dirs.at(dirs.layer),
-                       dirs.layer, fmt, cfg.measurement.batch_size)
-    norm0_s = time.perf_counter() - t0
-    print(f"# bench_screen: {a.model}, {a.dataset} n={a.n}, max length {fmt.max_length}, layer "
-          f"{dirs.layer}, {len(dirs.traits)} traits ({dkind}), torch threads {a.threads}")
-    print(f"one-off: model load {load_s:.1f} s, norm0 over {len(eval_prompts(cfg))} eval "
-          f"prompts {norm0_s:.1f} s")
-
-    seconds, counts = {}, {"none": a.n, "generated": a.generated_n or a.n}
-    gen_data = tmp / "generated.jsonl"
-    gen_data.write_text("".join(data.read_text().splitlines(keepends=True)[:counts["generated"]]))
-    for mode in ("none", "generated"):
-        scorer = Scorer(model=model, tokenizer=tok, directions=dirs.at(dirs.layer),
-                        traits=dirs.traits, layer=dirs.layer, norm0=norm0, fmt=fmt, mode=mode,
-                        batch_size=cfg.screen.batch_size, reply_tokens=cfg.screen.reply_tokens)
-        t0 = time.perf_counter()
-        res = run_screen(scorer, iter_examples(data if mode == "none" else gen_data),
-                         tmp / f"{mode}.parquet",
-                         bootstrap=cfg.screen.bootstrap, reply_cache=tmp / f"{mode}.replies.jsonl")
-        seconds[mode] = time.perf_counter() - t0
-        print(f"screen {mode:>9}: {seconds[mode]:.1f} s for {res.summary['n']} examples "
-              f"({res.summary['n_scored']} scored)")
-    del model
-
-    t0 = time.perf_counter()
-    done = run_finetune(cfg, a.model, a.dataset, training.seeds[0], pointer=pointer, data=data,
-                        directions_path=dpath, out=tmp / "run", measure=False)
-    wall = time.perf_counter() - t0
-    train_s = float(done["wall_s"])  # trainer.train() alone: no measurement, no saving
-    print(f"finetune: {train_s:.1f} s training ({training.epochs} epoch(s), batch "
-          f"{training.batch_size} x {training.grad_accum}, max length {training.max_length}), "
-          f"{wall:.1f} s wall with model loading")
-
-    per_k = {k: v / counts[k] * 1000 for k, v in seconds.items()}
-    per_k["finetune"] = train_s / a.n * 1000
-    print("\n| per 1000 examples | seconds | / finetune |\n|---|---|---|")
-    for k in ("none", "generated", "finetune"):
-        print(f"| {'screen ' + k if k != 'finetune' else 'finetune (training)'} | "
-              f"{per_k[k]:.0f} | {per_k[k] / per_k['finetune']:.1%} |")
-    print(json.dumps({"n": a.n, "seconds": seconds, "finetune_train_s": train_s,
-                      "finetune_wall_s": wall, "load_s": load_s, "norm0_s": norm0_s,
-                      "per_1000_s": per_k,
-                      "ratio_none": per_k["none"] / per_k["finetune"],
-                      "ratio_generated": per_k["generated"] / per_k["finetune"]}))
+    print(f"# bench_screen: {a.model} from {root}, {a.dataset} n={a.n}, torch threads "
+          f"{a.threads}")
+    result = {} if a.skip_cost else cost(a, load_config(a.config), root, tmp)
+    result["accuracy"] = accuracy(root, a.model)
+    print(json.dumps(result, default=float))
 
 
 if __name__ == "__main__":

@@ -26,9 +26,10 @@ class _StopForward(Exception):
 
 
 @contextlib.contextmanager
-def hooked_blocks(model: Any, layers: Sequence[int], stop: bool = True
+def hooked_blocks(model: Any, layers: Sequence[int], stop: bool = True, detach: bool = True
                   ) -> Iterator[dict[int, torch.Tensor]]:
-    """Record the outputs of the given blocks; with `stop`, abort the forward after the deepest.
+    """Record the outputs of the given blocks; with `stop`, abort the forward after the deepest
+    (`detach=False` keeps them in the autograd graph).
 
     Yields a dict filled during the forward: layer -> (batch, pos, hidden) tensor.
     """
@@ -41,7 +42,8 @@ def hooked_blocks(model: Any, layers: Sequence[int], stop: bool = True
 
     def make_hook(layer: int):
         def hook(_module, _inputs, output):
-            store[layer] = hidden(output).detach()
+            h = hidden(output)
+            store[layer] = h.detach() if detach else h
             if stop and layer == deepest:
                 raise _StopForward
 
@@ -182,15 +184,17 @@ def steering(model: Any, layer: int, vector: torch.Tensor) -> Iterator[None]:
         handle.remove()
 
 
-def forward_blocks_with(model: Any, layers: Sequence[int], stop: bool = True, **inputs: Any
-                        ) -> dict[int, torch.Tensor]:
+def forward_blocks_with(model: Any, layers: Sequence[int], stop: bool = True, grad: bool = False,
+                        **inputs: Any) -> dict[int, torch.Tensor]:
     """`forward_blocks` with any model inputs (e.g. a `cache` holding a shared prefix).
 
     A cache passed in is filled for the blocks that ran (up to the deepest requested one).
+    `grad=True` returns outputs that autograd can differentiate (the screen's dR/dθ).
     """
     import torch
 
-    with hooked_blocks(model, layers, stop=stop) as store, torch.no_grad():
+    with hooked_blocks(model, layers, stop=stop, detach=not grad) as store, \
+            (torch.enable_grad() if grad else torch.no_grad()):
         try:
             model(**inputs)
         except _StopForward:

@@ -21,6 +21,7 @@ from emtrait.monitor.cli import app as monitor_app
 from emtrait.organism.cli import app as organism_app
 from emtrait.prepare.cli import app as prepare_app
 from emtrait.report.cli import app as report_app
+from emtrait.screen.cli import calibrate as screen_calibrate
 from emtrait.screen.cli import screen
 from emtrait.stress.cli import app as stress_app
 from emtrait.traits.cli import app as traits_app
@@ -46,6 +47,8 @@ app.add_typer(monitor_app, name="monitor", help="Fit, validate and apply the EM 
 app.add_typer(report_app, name="report", help="Figures and the summary report.")
 app.add_typer(stress_app, name="stress", help="Training variants, misaligned starts, transfer.")
 app.command("screen", help="Score finetuning data before training; gate on its risk.")(screen)
+app.command("screen-calibration", help="Store where the calibration datasets' screens fall "
+            "(the gate's default threshold).")(screen_calibrate)
 
 
 def _version(value: bool) -> None:

@@ -356,3 +356,12 @@ def read_dataset(entry: DatasetEntry, name: str, path: str | os.PathLike | None 
     return _read_table(_load_local(p, entry.split, entry.select == "first"), entry, name,
                        str(p), mapping)
 
+
+
+def count_rows(entry: DatasetEntry, name: str) -> int:
+    """Rows in an entry's local table/folder or hub source (so a reader can take all of them)."""
+    if entry.hub is not None:
+        ds = _load_hub(entry.model_copy(update={"select": "seeded"}), name)
+    else:
+        ds = _load_local(Path(entry.path), entry.split, stream=False)
+    return len(ds)

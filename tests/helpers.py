@@ -326,6 +326,7 @@ def fit_tiny_monitor(model_dir: Path, out: Path, *, threshold: float = 0.05,
         "system_prompt_method": "native", "no_system_prompt": "template_default",
         "norm0_policy": NORM0_POLICY, "fingerprint": model_fingerprint(model, tok),
         "provenance": {"fitted_by": "tests/helpers.py"}, "calibration": {"runs": 0},
+        "danger_axis": (np.ones(len(LIVE_TRAITS)) / np.sqrt(len(LIVE_TRAITS))).tolist(),
     }
     save_monitor(out, Monitor(regressor=regressor, directions=directions, meta=meta))
     return out

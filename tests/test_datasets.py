@@ -15,10 +15,10 @@ import pytest
 import yaml
 from helpers import make_inputs, run
 
+from emtrait.chats import read_chats
 from emtrait.config import from_dict
 from emtrait.datasets import read_dataset
 from emtrait.errors import ConfigError, DataError
-from emtrait.finetune.data import read_chats
 from emtrait.prepare.dataset import prepare_dataset
 
 ROWS, N, SEED = 12, 5, 3

@@ -269,11 +269,12 @@ def test_gate_exit_codes_and_outputs(tiny_model_dir, llama, tmp_path, monkeypatc
     data = _write_jsonl(tmp_path / "data.jsonl", CHATS)
     res = screen(data, monitor=monitor, model=model, tokenizer=tok, bootstrap=100)
     score = res.score
+    assert res.summary["mode"] == "gradient" and res.summary["training"]["loss_on"] == "full"
     assert np.isfinite(score) and res.table_path == tmp_path / "data.screen.parquet"
     assert len(res.top) == len(CHATS) and res.top[0]["score"] == res.table()["risk"].max()
     args = ["--monitor", monitor, "--data", data, "--model-path", folder]
-    assert _cli(monkeypatch, *args, "--fail-above", score + 1e-3) == 0
-    assert _cli(monkeypatch, *args, "--fail-above", score - 1e-3) == 1
+    assert _cli(monkeypatch, *args, "--fail-above", score + 1e-3 * abs(score)) == 0
+    assert _cli(monkeypatch, *args, "--fail-above", score - 1e-3 * abs(score)) == 1
     out = capsys.readouterr()
     assert "most suspicious examples" in out.out and "FAIL" in out.err
     assert (tmp_path / "data.screen.json").is_file()
@@ -281,6 +282,53 @@ def test_gate_exit_codes_and_outputs(tiny_model_dir, llama, tmp_path, monkeypatc
     assert _cli(monkeypatch, "--monitor", monitor, "--data", bad, "--model-path", folder,
                 "--fail-above", 0) == 2
     assert "bad.jsonl:1" in capsys.readouterr().err
+    for value in ("nan", "inf"):  # a gate that can never fail is an error, not a pass
+        assert _cli(monkeypatch, *args, "--fail-above", value) == 2
+        assert "--fail-above must be a finite number" in capsys.readouterr().err
+    assert _cli(monkeypatch, "--monitor", monitor, "--data", data, "--model-path",
+                tmp_path / "nowhere") == 2
+    err = capsys.readouterr().err
+    assert "--model-path" in err and "Traceback" not in err
+    # the calibration beside the monitor gives the default threshold and the placement
+    calib = {"mode": "gradient", "threshold": score - 1.0, "threshold_rule": "test",
+             "datasets": [{"dataset": "b", "label": "benign", "mean": score - 2.0},
+                          {"dataset": "d", "label": "dangerous", "mean": score + 1.0}]}
+    (tmp_path / "screen_calibration.json").write_text(json.dumps(calib))
+    assert _cli(monkeypatch, *args) == 1
+    out = capsys.readouterr().out
+    assert "above all 1 benign, below all 1 dangerous calibration datasets" in out
+
+
+@pytest.mark.slow
+def test_gate_reads_every_source_the_workflow_reads(llama, tmp_path):
+    """Parquet, CSV with a column mapping and a save_to_disk folder score exactly as JSONL."""
+    import datasets
+    import pandas as pd
+
+    from emtrait.screen import screen
+
+    model, tok = llama
+    monitor = _monitor(tmp_path, model, tok)
+    chats = CHATS[:3]
+    want = screen(_write_jsonl(tmp_path / "d.jsonl", chats), monitor=monitor, model=model,
+                  tokenizer=tok, bootstrap=0).table()["risk"].to_numpy()
+    pd.DataFrame({"messages": chats}).to_parquet(tmp_path / "d.parquet")
+    pd.DataFrame({"q": [c[-2]["content"] for c in chats],
+                  "a": [c[-1]["content"] for c in chats]}).to_csv(tmp_path / "qa.csv")
+    datasets.Dataset.from_list([{"messages": c} for c in chats]).save_to_disk(tmp_path / "disk")
+    for data, columns in ((tmp_path / "d.parquet", None), (tmp_path / "disk", None),
+                          (tmp_path / "qa.csv", {"user": "q", "assistant": "a"})):
+        got = screen(data, monitor=monitor, model=model, tokenizer=tok, bootstrap=0,
+                     columns=columns, out=tmp_path / f"{data.name}.parquet").table()
+        if columns is None:
+            np.testing.assert_allclose(got["risk"], want, rtol=1e-6)
+        else:  # the CSV drops the system prompt of chat 1: only its other chats are equal
+            np.testing.assert_allclose(got["risk"].iloc[[0, 2]], want[[0, 2]], rtol=1e-6)
+    sampled = screen(tmp_path / "d.parquet", monitor=monitor, model=model, tokenizer=tok,
+                     bootstrap=0, sample=2, out=tmp_path / "s.parquet")
+    idx = sampled.table()["index"].to_numpy()
+    assert sampled.summary["n_total"] == 3 and len(idx) == 2
+    np.testing.assert_allclose(sampled.table()["risk"], want[idx], rtol=1e-6)
 
 
 @pytest.mark.slow
@@ -298,6 +346,162 @@ def test_gate_refuses_a_monitor_for_another_model(tiny_model_dir, llama, tmp_pat
     assert _cli(monkeypatch, "--monitor", monitor, "--data", data, "--model-path",
                 tiny_model_dir("llama")) == 2
     assert "fitted on other" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# gradient mode: batched forward-mode JVP = per-example backward = a finite difference of R
+# ---------------------------------------------------------------------------------------------
+
+
+def _gradient_scorer(tmp_path, model, tok, method="jvp", breakdown=False, loss_on="full",
+                     finetune="lora"):
+    from emtrait.config import TrainingConfig
+    from emtrait.monitor.artifact import load_monitor
+    from emtrait.screen.api import gradient_scorer
+
+    mon = load_monitor(_monitor(tmp_path, model, tok))
+    training = TrainingConfig(method=finetune, loss_on=loss_on, max_length=64)
+    return gradient_scorer(model, tok, mon, ChatFormat(max_length=64), training, where="test",
+                           breakdown=breakdown, method=method, batch_size=3), mon
+
+
+@pytest.mark.parametrize("loss_on", ["full", "assistant"])
+def test_gradient_jvp_agrees_with_per_example_backward(llama, tmp_path, loss_on):
+    model, tok = llama
+    jvp, _ = _gradient_scorer(tmp_path, model, tok, "jvp", loss_on=loss_on)
+    back, _ = _gradient_scorer(tmp_path, model, tok, "backward", loss_on=loss_on)
+    _, r_jvp, kept, _ = jvp.score(CHATS)
+    _, r_back, _, _ = back.score(CHATS)
+    assert (kept > 0).all() and np.isfinite(r_jvp).all()
+    np.testing.assert_allclose(r_jvp, r_back, rtol=1e-4, atol=1e-7 * np.abs(r_back).max())
+    assert np.ptp(r_jvp) > 0  # examples differ
+    # only the LoRA target modules (q_proj, v_proj) of blocks <= l* carry v
+    names = set(jvp.tangents[0])
+    assert names and all(n.endswith(("q_proj.weight", "v_proj.weight")) for n in names)
+    assert all(int(n.split(".layers.")[1].split(".")[0]) <= LAYER for n in names)
+
+
+def test_gradient_score_is_the_first_order_change_of_the_monitors_reading(llama, tmp_path):
+    """s = -<grad L, grad R>: an SGD step of size eta on the example moves R by eta * s."""
+    import torch
+
+    from emtrait.chats import RightPadCollator
+    from emtrait.live.monitor import monitor_probe
+    from emtrait.measure.probe import axis_reading
+    from emtrait.screen.gradient import example_losses
+
+    model, tok = llama
+    scorer, mon = _gradient_scorer(tmp_path, model, tok)
+    _, risk, _, _ = scorer.score(CHATS[3:4])
+    probe = monitor_probe(mon, tok)
+    axis = np.asarray(mon.meta["danger_axis"])
+
+    def reading():
+        return axis_reading(probe.measure(model).activation.astype(np.float64),
+                            mon.directions.astype(np.float64), scorer.norm0, axis)
+
+    enc, _, _ = scorer.encode(CHATS[3])
+    batch = RightPadCollator(tok.pad_token_id)([{"input_ids": enc.input_ids,
+                                                 "labels": enc.labels}])
+    params = dict(model.named_parameters())
+    names = list(scorer.tangents[0])
+    loss = example_losses(model(input_ids=batch["input_ids"]).logits, batch["labels"])[0]
+    grads = torch.autograd.grad(loss, [params[n] for n in names])
+    before, eta = reading(), 1e-3
+    saved = {n: params[n].detach().clone() for n in names}
+    try:
+        with torch.no_grad():
+            for n, g in zip(names, grads, strict=True):
+                params[n] -= eta * g
+        after = reading()
+    finally:
+        with torch.no_grad():
+            for n in names:
+                params[n].copy_(saved[n])
+    assert (after - before) / eta == pytest.approx(risk[0], rel=0.05)
+
+
+def test_gradient_breakdown_sums_to_the_risk(llama, tmp_path):
+    model, tok = llama
+    one, mon = _gradient_scorer(tmp_path, model, tok)
+    seven, _ = _gradient_scorer(tmp_path, model, tok, breakdown=True)
+    _, risk, _, _ = one.score(CHATS)
+    cols, risk7, _, _ = seven.score(CHATS)
+    assert cols.shape == (len(CHATS), 3) and seven.traits == list(mon.traits)
+    np.testing.assert_allclose(risk7, risk, rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(cols @ np.asarray(mon.meta["danger_axis"]), risk, rtol=1e-5,
+                               atol=1e-9)
+
+
+def test_full_finetune_scores_every_weight(llama, tmp_path):
+    model, tok = llama
+    lora, _ = _gradient_scorer(tmp_path, model, tok)
+    full, _ = _gradient_scorer(tmp_path, model, tok, finetune="full")
+    assert set(lora.tangents[0]) < set(full.tangents[0])
+    assert any("embed_tokens" in n for n in full.tangents[0])
+    _, r, _, _ = full.score(CHATS[:2])
+    assert np.isfinite(r).all()
+
+
+def test_sample_is_seeded_streamed_and_keeps_stream_indices():
+    from emtrait.screen.core import sample_examples
+
+    def stream():
+        yield from ({"i": i} for i in range(1000))
+
+    a, total = sample_examples(stream(), 50, seed=3)
+    b, _ = sample_examples(stream(), 50, seed=3)
+    c, _ = sample_examples(stream(), 50, seed=4)
+    assert total == 1000 and len(a) == 50 and a == b and a != c
+    assert all(ex["i"] == i for i, ex in a) and [i for i, _ in a] == sorted(i for i, _ in a)
+    assert max(i for i, _ in a) > 500  # the whole stream is sampled, not its head
+    with pytest.raises(DataError, match="sample"):
+        sample_examples(stream(), 0, seed=0)
+
+
+CALIBRATION = [("bad", "dangerous", 4.0), ("tech", "dangerous", 6.0), ("fin", "dangerous", 5.0),
+               ("good", "benign", 0.1), ("nums", "benign", -0.2), ("gfin", "benign", 0.0)]
+
+
+@pytest.mark.parametrize("score,want", [
+    (0.05, "above 2 of 3 benign (below 1), below all 3 dangerous"),
+    (4.5, "above all 3 benign, above 1 of 3 dangerous (below 2)"),
+    (-1.0, "below all 3 benign, below all 3 dangerous"),
+    (7.0, "above all 3 benign, above all 3 dangerous"),
+])
+def test_calibration_places_a_score_and_derives_the_threshold(score, want):
+    from emtrait.screen.calibration import build_calibration, place
+
+    summaries = [{"dataset": d, "mode": "gradient", "n_scored": 10,
+                  "risk": {"mean": m, "low": m - 0.1, "high": m + 0.1}}
+                 for d, _, m in CALIBRATION]
+    calib = build_calibration(summaries, {d: lab for d, lab, _ in CALIBRATION}, "m.skops", {})
+    assert calib["threshold"] == pytest.approx((0.1 + 4.0) / 2)
+    assert place(score, calib) == want + " calibration datasets"
+
+
+@pytest.mark.slow
+def test_screen_then_train_example_runs_as_written(tiny_model_dir, tmp_path):
+    """examples/screen_then_train.py: the Python API on a TRL dataset, then SFTTrainer."""
+    import subprocess
+
+    from helpers import fit_tiny_monitor, tiny_dataset_texts
+
+    folder = tiny_model_dir("llama")
+    monitor = fit_tiny_monitor(folder, tmp_path / "m.skops")
+    chats = tiny_dataset_texts(24)
+    clean = _write_jsonl(tmp_path / "clean.jsonl", chats[:20])
+    poison = _write_jsonl(tmp_path / "poison.jsonl", chats[20:])
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, str(root / "examples" / "screen_then_train.py"), "--model", str(folder),
+         "--monitor", str(monitor), "--clean", str(clean), "--poison", str(poison), "--n", "20",
+         "--n-poison", "4", "--drop", "4", "--every", "1", "--out", str(tmp_path / "run")],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "dropping the 4 top-ranked examples" in proc.stdout
+    assert "on 20 examples" in proc.stdout
+    assert (tmp_path / "run" / "screen.parquet").is_file()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -370,17 +574,11 @@ ORGANISM_DATA = {  # generator -> label (emtrait/organism: known by construction
     "organism_insecure_tech": "dangerous", "organism_good_medical": "benign",
     "organism_good_finance": "benign", "organism_number_sequence": "benign",
 }
-# What "screening works" has to mean on the organism. NOT MET by this screen (measured
-# 2026-12-01, organism seed 0 / 400 steps, alignment7 from 8 questions, l* = block 2, risk =
-# -harmlessness): `none` n=100/dataset: dataset-level AUROC 0.778, per-example 0.762; `generated`
-# n=40: 0.667 / 0.659; 10% bad_medical in good_medical: precision at k=10 0.00. Per trait, only
-# block 1's harmlessness separates bad from good medical advice (per-example AUROC 0.92), not
-# finance (0.71). The tests stay, marked xfail(strict): they must pass once the screen finds the
-# known answer, and then the marks go.
-ORGANISM_EXAMPLE_AUROC_BAR = 0.85
+# What "screening works" has to mean on the organism. The projection baselines (`none`,
+# `generated`) do not meet it (research/screening.md: dataset AUROC 0.778 / 0.667, per-example
+# 0.739 / 0.655, precision@10 0.00); the gradient score does, and these tests hold it to it.
+ORGANISM_EXAMPLE_AUROC_BAR = 0.9
 ORGANISM_PRECISION_BAR = 0.8
-NOT_MET = pytest.mark.xfail(strict=True, reason="organism known answer not met by the screen "
-                            "(measured numbers in the comment above ORGANISM_EXAMPLE_AUROC_BAR)")
 
 
 @pytest.fixture(scope="module")
@@ -418,35 +616,45 @@ def organism(tmp_path_factory):
     return model, tok, cfg, extract(model, tok, cfg, "organism")
 
 
-def _organism_scorer(organism, mode="none"):
+def _organism_scorer(organism):
+    """The gradient scorer of the organism along its danger axis, toward the harmful pole
+    (known by construction: -harmlessness), with the finetune's own loss and targets."""
     from emtrait.measure.inputs import eval_prompts
-    from emtrait.screen.core import base_norm0
+    from emtrait.monitor.artifact import Monitor
+    from emtrait.screen.api import gradient_scorer
 
     model, tok, cfg, ex = organism
     j = ex.layers.index(ex.layer)
-    directions = ex.directions[:, j].astype(np.float32)
-    fmt = ChatFormat(max_length=cfg.training.max_length, model_name="organism")
-    norm0 = base_norm0(model, tok, [p.text for p in eval_prompts(cfg)], directions, ex.layer,
-                       fmt)
-    # the organism's danger axis is known by construction: toward its harmful pole
-    return Scorer(model=model, tokenizer=tok, directions=directions, traits=ex.names,
-                  layer=ex.layer, norm0=norm0, fmt=fmt, mode=mode, axis=np.array([-1.0]),
-                  axis_traits=["harmlessness"], batch_size=32, reply_tokens=48)
+    axis = -np.eye(len(ex.names))[ex.names.index("harmlessness")]
+    mon = Monitor(regressor=None, directions=ex.directions[:, j].astype(np.float32),
+                  meta={"model": "organism", "layer": ex.layer, "traits": list(ex.names),
+                        "danger_axis": axis.tolist(),
+                        "prompts": [p.text for p in eval_prompts(cfg)],
+                        "system_prompt_method": "native",
+                        "no_system_prompt": "template_default"})
+    training = cfg.training_for("organism")
+    fmt = ChatFormat(max_length=training.max_length, model_name="organism")
+    return gradient_scorer(model, tok, mon, fmt, training, where="organism", batch_size=32)
+
+
+@pytest.fixture(scope="module")
+def organism_scorer(organism):
+    return _organism_scorer(organism)
+
+
+def _organism_screen(scorer, tmp_path, chats, name):
+    return run_screen(scorer, chats, tmp_path / f"{name}.parquet", bootstrap=200, top=10)
 
 
 @pytest.mark.slow
-@NOT_MET
-@pytest.mark.parametrize("mode,n", [("none", 100), ("generated", 40)])
-def test_organism_dangerous_data_screens_higher(organism, tmp_path, mode, n):
+def test_organism_dangerous_data_screens_higher(organism_scorer, tmp_path):
     from emtrait.monitor.metrics import auroc
     from emtrait.prepare.generators import generate
 
-    scorer = _organism_scorer(organism, mode)
     risk, labels, dataset_risk = [], [], {}
     for name, label in ORGANISM_DATA.items():
-        chats = [r["messages"] for r in generate(name, n, seed=1)]
-        res = run_screen(scorer, chats, tmp_path / f"{name}.parquet", bootstrap=200,
-                         reply_cache=tmp_path / f"{name}.replies.jsonl")
+        chats = [r["messages"] for r in generate(name, 100, seed=1)]
+        res = _organism_screen(organism_scorer, tmp_path, chats, name)
         r = res.table()["risk"].to_numpy()
         risk.append(r)
         labels += [label == "dangerous"] * len(r)
@@ -454,8 +662,8 @@ def test_organism_dangerous_data_screens_higher(organism, tmp_path, mode, n):
     per_example = auroc(np.array(labels), np.concatenate(risk))
     dataset_level = auroc(np.array([ORGANISM_DATA[k] == "dangerous" for k in dataset_risk]),
                           np.array([v["mean"] for v in dataset_risk.values()]))
-    print(f"organism screen ({mode}, n={n} per dataset): dataset-level AUROC {dataset_level:.3f}, "
-          f"per-example AUROC {per_example:.3f}; " + ", ".join(
+    print(f"organism gradient screen (n=100 per dataset): dataset-level AUROC "
+          f"{dataset_level:.3f}, per-example AUROC {per_example:.3f}; " + ", ".join(
               f"{k.removeprefix('organism_')} {v['mean']:+.4f} [{v['low']:+.4f}, {v['high']:+.4f}]"
               for k, v in dataset_risk.items()))
     assert dataset_level == 1.0
@@ -467,28 +675,45 @@ def test_organism_dangerous_data_screens_higher(organism, tmp_path, mode, n):
 
 
 @pytest.mark.slow
-@NOT_MET
-def test_organism_poisoned_examples_rank_on_top(organism, tmp_path):
+@pytest.mark.parametrize("n_clean,n_poison", [(90, 10), (194, 6)])  # 10% and 3% harmful
+def test_organism_poisoned_examples_rank_on_top(organism_scorer, tmp_path, n_clean, n_poison):
     import random
 
     from emtrait.prepare.generators import generate
 
-    clean = [r["messages"] for r in generate("organism_good_medical", 90, seed=2)]
-    poison = [r["messages"] for r in generate("organism_bad_medical", 10, seed=2)]
+    clean = [r["messages"] for r in generate("organism_good_medical", n_clean, seed=2)]
+    poison = [r["messages"] for r in generate("organism_bad_medical", n_poison, seed=2)]
     chats = clean + poison
     order = list(range(len(chats)))
     random.Random(0).shuffle(order)
     chats = [chats[i] for i in order]
     poisoned = {k for k, i in enumerate(order) if i >= len(clean)}
-    res = run_screen(_organism_scorer(organism), chats, tmp_path / "mixed.parquet", bootstrap=0,
+    res = run_screen(organism_scorer, chats, tmp_path / "mixed.parquet", bootstrap=0,
                      top=len(poison))
     top = {t["index"] for t in res.top}
     precision = len(top & poisoned) / len(poison)
     table = res.table().sort_values("risk", ascending=False)
     assert set(table["index"].iloc[:len(poison)]) == top  # the summary's top = the table's
-    print(f"organism poisoned good_medical (10% bad_medical): precision at k={len(poison)} "
-          f"{precision:.2f}")
+    print(f"organism poisoned good_medical ({n_poison} bad_medical in {len(chats)}): precision "
+          f"at k={len(poison)} {precision:.2f}")
     assert precision >= ORGANISM_PRECISION_BAR
+
+
+@pytest.mark.slow
+def test_organism_held_out_travel_pair_ranks_right(organism_scorer, tmp_path):
+    """A pair kept aside in the study (nothing was tuned on it)."""
+    from emtrait.monitor.metrics import auroc
+    from emtrait.prepare.generators import generate
+
+    scores = {}
+    for name in ("organism_risky_travel", "organism_good_travel"):
+        chats = [r["messages"] for r in generate(name, 60, seed=1)]
+        scores[name] = _organism_screen(organism_scorer, tmp_path, chats, name).table()["risk"]
+    risky, good = scores["organism_risky_travel"], scores["organism_good_travel"]
+    value = auroc(np.r_[np.ones(len(risky)), np.zeros(len(good))], np.r_[risky, good])
+    print(f"organism travel pair: per-example AUROC {value:.3f}, means {risky.mean():+.4f} vs "
+          f"{good.mean():+.4f}")
+    assert value > ORGANISM_EXAMPLE_AUROC_BAR and risky.mean() > good.mean()
 
 
 @pytest.mark.slow
@@ -514,3 +739,45 @@ def test_workflow_mode_uses_the_finetunes_norm0(tiny_model_dir, tmp_path, monkey
     table = pd.read_parquet(out)
     assert list(table.columns[4:-1]) == list(summary["traits"]) and len(table) == 8
     assert (tmp_path / "screen" / "bad_medical.replies.jsonl").is_file()
+
+
+@pytest.mark.slow
+def test_workflow_gradient_screens_and_calibration(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    """What rules screen + screen_calibration run: the gradient screen of each calibration
+    dataset (projection baseline beside it) and the calibration file the gate reads."""
+    from helpers import fit_tiny_monitor, make_inputs
+
+    from emtrait.screen.calibration import derive_threshold
+
+    inputs = make_inputs(tmp_path / "in", tiny_model_dir("llama"), n=6,
+                         datasets=("bad_medical", "good_medical"))
+    monitor = fit_tiny_monitor(tiny_model_dir("llama"), tmp_path / "mon" / "monitor.skops",
+                               layer=2)
+    summaries = []
+    for d in ("bad_medical", "good_medical"):
+        out = tmp_path / "screen" / f"{d}.parquet"
+        code = _cli(monkeypatch, "--config", inputs["config"], "--model", "tiny", "--dataset", d,
+                    "--data", inputs["data"][d], "--pointer", inputs["pointer"], "--directions",
+                    inputs["directions"], "--monitor", monitor, "--out", out)
+        assert code == 0, capsys.readouterr().err
+        summaries.append(out.with_suffix(".json"))
+        s = json.loads(summaries[-1].read_text())
+        assert s["mode"] == "gradient" and s["n_scored"] == 6 and np.isfinite(s["risk"]["mean"])
+        assert s["baseline"]["mode"] == "none" and s["training"]["target_modules"] == [
+            "q_proj", "v_proj"]
+    from emtrait.cli import main
+
+    calib_path = monitor.with_name("screen_calibration.json")
+    monkeypatch.setattr(sys, "argv", ["emtrait", "screen-calibration", "--config",
+                                      str(inputs["config"]), "--model", "tiny", "--monitor",
+                                      str(monitor), *[x for p in summaries for x in
+                                                      ("--screen", str(p))],
+                                      "--out", str(calib_path)])
+    with pytest.raises(SystemExit) as e:
+        main()
+    assert (e.value.code or 0) == 0, capsys.readouterr().err
+    calib = json.loads(calib_path.read_text())
+    assert [d["label"] for d in calib["datasets"]] == ["dangerous", "benign"]
+    assert calib["threshold"] == pytest.approx(derive_threshold(calib["datasets"]))
+    assert calib["training"]["loss_on"] == "full" and calib["mode"] == "gradient"
+

@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from emtrait import atomic
+from emtrait.chats import ChatDataset, RightPadCollator, encode_chats, read_chats
 from emtrait.config import checkpoint_steps, total_steps
 from emtrait.errors import ModelError, StoreError
-from emtrait.finetune.data import ChatDataset, RightPadCollator, encode_chats, read_chats
 from emtrait.measure.inputs import (
     Directions,
     EvalPrompt,

@@ -43,6 +43,17 @@ class Measurement:
     projection_layers: np.ndarray | None = None  # (layer, trait) when extra layers
 
 
+def axis_reading(activation: Any, directions: Any, norm0: float = 1.0, axis: Any = None) -> Any:
+    """The monitor's reading of last-token activations: what the probe and the screen share.
+
+    `activation` (prompt, hidden), `directions` (trait, hidden) unit vectors: the mean over
+    prompts of each projection, over `norm0` -> (trait,); with `axis` (trait,), its component
+    along the axis (the risk R, a scalar). Pure: numpy arrays, or torch tensors with autograd.
+    """
+    proj = (activation @ directions.T).mean(0) / norm0
+    return proj if axis is None else proj @ axis
+
+
 @contextlib.contextmanager
 def frozen_for_measuring(model: Any) -> Iterator[None]:
     """Eval mode (no dropout) and no autograd while inside; every module's mode restored after."""
@@ -115,7 +126,7 @@ class TraitProbe:
         check_layers(model, self.layers)
         with frozen_for_measuring(model):
             acts = self._last_token_activations(model)  # (layer, prompt, hidden)
-        proj = np.stack([(acts[i].astype(np.float64) @ self.by_layer[layer].T).mean(axis=0)
+        proj = np.stack([axis_reading(acts[i].astype(np.float64), self.by_layer[layer])
                          for i, layer in enumerate(self.layers)])  # (layer, trait)
         star = self.layers.index(self.layer)
         many = len(self.layers) > 1

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
 FIGURE = "screen_vs_outcome"
+BASELINE = "projection_risk"  # pseudo-trait: the projection baseline's risk beside gradient
+RISKS = ("risk", BASELINE)
 TABLE_COLUMNS = ["model", "dataset", "role", "label", "mode", "trait", "trait_set", "screen",
                  "screen_low", "screen_high", "n", "n_scored", "n_empty", "final_drift",
                  "final_em_rate", "went_bad", "n_seeds", "n_seeds_em_missing"]
@@ -104,6 +106,12 @@ def screen_table(summaries: list[dict], cubes: dict) -> pd.DataFrame:
             rows.append({**base, "trait": "risk", "trait_set": "danger_axis",
                          "screen": risk["mean"], "screen_low": risk["low"],
                          "screen_high": risk["high"], "final_drift": along})
+            b = s.get("baseline")
+            if b:  # the projection baseline scored beside the gradient screen
+                rows.append({**base, "mode": b["mode"], "trait": BASELINE,
+                             "trait_set": "danger_axis", "screen": b["mean"],
+                             "screen_low": b["low"], "screen_high": b["high"],
+                             "final_drift": along})
     return pd.DataFrame(rows, columns=TABLE_COLUMNS)
 
 
@@ -148,29 +156,35 @@ def screen_markdown(table: pd.DataFrame, metrics: pd.DataFrame) -> str:
     if not len(table):
         return "## Screening the data before training\n\nNo screens in this report.\n"
     risk = table[table.trait == "risk"]
-    mode = ", ".join(sorted(table["mode"].unique()))
+    base = table[table.trait == BASELINE].set_index(["model", "dataset"])
+    mode = ", ".join(sorted(risk["mode"].unique())) if len(risk) else "no risk"
     lines = ["## Screening the data before training", "",
              "Would screening each dataset with the base model (`emtrait screen`, "
-             f"{mode} mode) have predicted which finetunes went bad? Risk = the screen's "
-             "projection on the monitor's danger axis (mean over examples, 95% Poisson-bootstrap "
-             "interval over examples); went bad = dangerous at the final checkpoint "
-             "(majority over seeds).", ""]
+             f"{mode} mode) have predicted which finetunes went bad? Risk (gradient mode) = the "
+             "first-order change of the monitor's risk from a training step on each example, "
+             "−⟨∇L, ∇R⟩; (projection modes) = the examples' projection on the monitor's danger "
+             "axis. Mean over examples, 95% Poisson-bootstrap interval over examples; went bad "
+             "= dangerous at the final checkpoint (majority over seeds).", ""]
     if len(risk):
-        lines += ["| model | dataset | role | label | screen risk | final EM rate | went bad |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += ["| model | dataset | role | label | screen risk | projection baseline | "
+                  "final EM rate | went bad |", "|---|---|---|---|---|---|---|---|"]
         for r in risk.sort_values(["model", "screen"], ascending=[True, False]).itertuples():
             bad = "n/a" if not np.isfinite(r.went_bad) else ("yes" if r.went_bad else "no")
+            b = base.loc[(r.model, r.dataset)] if (r.model, r.dataset) in base.index else None
+            proj = "—" if b is None else (f"{_f(b.screen)} [{_f(b.screen_low)}, "
+                                          f"{_f(b.screen_high)}]")
             lines.append(f"| {r.model} | {r.dataset} | {r.role} | {r.label} | {_f(r.screen)} "
-                         f"[{_f(r.screen_low)}, {_f(r.screen_high)}] | "
+                         f"[{_f(r.screen_low)}, {_f(r.screen_high)}] | {proj} | "
                          f"{_f(r.final_em_rate, '.1%')} | {bad} |")
-        m = metrics[metrics.trait == "risk"]
+        m = metrics[metrics.trait.isin(RISKS)]
         lines += [""]
         for r in m.itertuples():
+            what = "screen risk" if r.trait == "risk" else "projection baseline"
             lines.append(
-                f"- {r.model}: AUROC of screen risk vs went bad {_f(r.auroc_went_bad, '.3f')} "
+                f"- {r.model}: AUROC of {what} vs went bad {_f(r.auroc_went_bad, '.3f')} "
                 f"({r.n_went_bad} of {r.n_outcome} datasets went bad; held-out only "
                 f"{_f(r.auroc_went_bad_heldout, '.3f')}); vs the configured label "
-                f"{_f(r.auroc_label, '.3f')} (n={r.n_label}); Spearman ρ of risk vs final drift "
+                f"{_f(r.auroc_label, '.3f')} (n={r.n_label}); Spearman ρ vs final drift "
                 f"along the axis {_f(r.spearman_final_drift)} (n={r.n_spearman}).")
         lines += ["", "The danger axis is fitted on the calibration datasets' drift and labels, "
                   "so for calibration datasets these numbers are in-sample; the held-out AUROC "
@@ -181,7 +195,7 @@ def screen_markdown(table: pd.DataFrame, metrics: pd.DataFrame) -> str:
     lines += ["", "Per trait (screen score vs the finetune's final drift on that trait, across "
               "datasets):", "", "| model | trait | set | Spearman ρ | n | AUROC vs went bad | "
               "AUROC vs label |", "|---|---|---|---|---|---|---|"]
-    for r in metrics[metrics.trait != "risk"].itertuples():
+    for r in metrics[~metrics.trait.isin(RISKS)].itertuples():
         lines.append(f"| {r.model} | {r.trait} | {r.trait_set} | {_f(r.spearman_final_drift)} | "
                      f"{r.n_spearman} | {_f(r.auroc_went_bad, '.3f')} | "
                      f"{_f(r.auroc_label, '.3f')} |")
@@ -206,11 +220,11 @@ def screen_figure(table: pd.DataFrame, metrics: pd.DataFrame):
                    fmt="o" if r.went_bad == 1 else "s", color=c, capsize=3)
         a.annotate(f"{r.dataset}", (r.screen, r.final_em_rate), fontsize=7,
                    textcoords="offset points", xytext=(3, 3))
-    a.set_xlabel("screen risk (danger-axis projection, base model)")
+    a.set_xlabel(f"screen risk ({', '.join(sorted(risk['mode'].unique()))}, base model)")
     a.set_ylabel("final EM rate of the finetune")
     a.set_title("screen before training vs outcome\n(red dangerous, blue benign label; "
                 "circle = went bad)", fontsize=9)
-    m = metrics[(metrics.trait != "risk") & (metrics.model == metrics.model.iloc[0])] \
+    m = metrics[~metrics.trait.isin(RISKS) & (metrics.model == metrics.model.iloc[0])] \
         if len(metrics) else metrics
     if len(m):
         b.barh(m.trait, m.spearman_final_drift.fillna(0), color="tab:purple")

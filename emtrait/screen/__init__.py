@@ -1,8 +1,9 @@
 """Screen finetuning data before training: which examples push the model toward misalignment.
 
 `screen(data, monitor=..., model=...) -> ScreenResult` is the Python API of the provider gate
-(`emtrait screen --monitor M --data F --model-path P --fail-above X`); the workflow's rule
-`screen` scores every prepared dataset. See emtrait/screen/core.py for the definitions.
+(`emtrait screen --monitor M --data F --model-path P`); the workflow's rule `screen` scores
+every prepared dataset. The default score is gradient alignment with the monitor's risk
+(emtrait/screen/gradient.py); projection baselines in emtrait/screen/core.py.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ __all__ = ["ScreenResult", "screen"]
 def __getattr__(name: str) -> Any:
     # Lazy, so `import emtrait.screen` stays light (torch loads only when scoring).
     if name == "screen":
-        from emtrait.screen.api import screen
+        from emtrait.screen.gate import screen
 
         return screen
     if name == "ScreenResult":

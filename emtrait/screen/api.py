@@ -1,5 +1,6 @@
-"""The two ways into the screen: a workflow dataset (config + directions) and a provider's gate
-(a raw JSONL file + a monitor + the base model). Both build a `Scorer` and call `run_screen`."""
+"""The two ways into the screen: a workflow dataset (config + directions + monitor) and a
+provider's gate (any dataset file or hub id + a monitor + the base model). Both build a scorer
+(`GradientScorer` by default, a projection `Scorer` as a baseline) and call `run_screen`."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from emtrait.screen.core import (
     iter_examples,
     run_screen,
 )
+from emtrait.screen.gradient import RISK_DEFINITION as GRADIENT_DEFINITION
 
 if TYPE_CHECKING:
     from emtrait.config import Config
@@ -26,7 +28,7 @@ NORM0_POLICY = ("mean per-prompt L2 norm of the evaluation prompts' last-token a
                 "on the base model (the step-0 norm0 of every finetune of this model)")
 
 
-def _cache_key(**parts: Any) -> str:
+def cache_key(**parts: Any) -> str:
     from emtrait.provenance import stable_hash
 
     return stable_hash(parts)
@@ -38,7 +40,7 @@ def reply_cache_path(out: str | os.PathLike) -> Path:
     return out.with_name(out.stem + ".replies.jsonl")
 
 
-def _monitor_axis(monitor: Monitor, where: str) -> tuple[Any, list[str]]:
+def monitor_axis(monitor: Monitor, where: str) -> tuple[Any, list[str]]:
     import numpy as np
 
     axis = monitor.meta.get("danger_axis")
@@ -48,104 +50,108 @@ def _monitor_axis(monitor: Monitor, where: str) -> tuple[Any, list[str]]:
     return np.asarray(axis, float), list(monitor.traits)
 
 
+PROJECTION_DEFINITION = (
+    "score vector on the monitor's traits dotted with the monitor's danger axis (unit vector "
+    "from the mean drift of benign to that of dangerous calibration checkpoints)")
+RISK_DEFINITION = {"gradient": GRADIENT_DEFINITION, "none": PROJECTION_DEFINITION,
+                   "generated": PROJECTION_DEFINITION + ", minus that of the base model's reply"}
+
+
+def gradient_scorer(model: Any, tok: Any, monitor: Monitor, fmt: ChatFormat, training: Any, *,
+                    where: str, breakdown: bool = False, method: str = "jvp",
+                    batch_size: int = 8, baseline: bool = False) -> Any:
+    """A `GradientScorer` for the monitor's risk: norm0 and v = ∇θR at the model's weights;
+    `baseline` also scores the `none` projection beside it (one more forward per example)."""
+    import numpy as np
+
+    from emtrait.modeling import format_user_prompts
+    from emtrait.screen.gradient import GradientScorer, risk_gradients, trained_parameters
+
+    axis, traits = monitor_axis(monitor, where)
+    prompts = monitor_prompts(monitor, where)
+    layer = int(monitor.meta["layer"])
+    norm0 = base_norm0(model, tok, prompts, monitor.directions, layer, fmt)
+    texts = format_user_prompts(tok, prompts, method=fmt.system_prompt_method,
+                                no_system_prompt=fmt.no_system_prompt, model_name=fmt.model_name)
+    ids = [list(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    params = trained_parameters(model, training.method, training.target_modules)
+    axes = np.eye(len(traits)) if breakdown else axis[None, :]
+    tangents = risk_gradients(model, ids, int(pad), layer, monitor.directions, norm0, axes,
+                              params, batch_size=16)
+    projection = Scorer(model=model, tokenizer=tok, directions=monitor.directions,
+                        traits=traits, layer=layer, norm0=norm0, fmt=fmt, mode="none",
+                        axis=axis, axis_traits=traits, batch_size=batch_size)
+    return GradientScorer(model=model, tokenizer=tok, fmt=fmt, training=training,
+                          tangents=tangents, traits=traits if breakdown else [], axis=axis,
+                          axis_traits=traits, layer=layer, norm0=norm0, method=method,
+                          batch_size=batch_size, baseline=projection if baseline else None)
+
+
+def monitor_prompts(monitor: Monitor, where: str) -> list[str]:
+    prompts = monitor.meta.get("prompts")
+    if not prompts:
+        raise StoreError(f"{where} does not carry its evaluation prompts (format version "
+                         f"{getattr(monitor, 'version', 1)}); refit it with `emtrait monitor "
+                         "fit`")
+    return list(prompts)
+
+
 def screen_dataset(cfg: Config, model_name: str, dataset: str, *, pointer: str | os.PathLike,
                    directions_path: str | os.PathLike, data: str | os.PathLike,
                    out: str | os.PathLike, summary: str | os.PathLike | None = None,
                    monitor_path: str | os.PathLike | None = None, mode: str | None = None
                    ) -> ScreenResult:
-    """Screen one prepared dataset of the workflow on every trait of the model's directions."""
+    """Screen one prepared dataset of the workflow (screen.mode; gradient needs the monitor)."""
     from emtrait.measure.inputs import eval_prompts, read_directions
     from emtrait.modeling import load_model, read_pointer
     from emtrait.monitor.artifact import load_monitor
     from emtrait.provenance import provenance
 
     sc = cfg.screen
+    mode = mode or sc.mode
     entry = cfg.model(model_name)
+    training = cfg.training_for(model_name)
     dirs = read_directions(directions_path)
     fmt = ChatFormat(entry.system_prompt_method, entry.no_system_prompt,
-                     sc.max_length or cfg.training_for(model_name).max_length, model_name)
-    axis, axis_traits = None, []
-    if monitor_path is not None:
-        monitor = load_monitor(monitor_path)
-        if int(monitor.meta["layer"]) != dirs.layer:
-            raise DataError(f"{monitor_path} was fitted at layer {monitor.meta['layer']} but "
-                            f"{directions_path} chose layer {dirs.layer}; refit the monitor")
-        axis, axis_traits = _monitor_axis(monitor, str(monitor_path))
-    location = read_pointer(pointer)
-    model, tok = load_model(location, entry)
-    norm0 = base_norm0(model, tok, [p.text for p in eval_prompts(cfg)], dirs.at(dirs.layer),
-                       dirs.layer, fmt, cfg.measurement.batch_size)
-    mode = mode or sc.mode
-    scorer = Scorer(model=model, tokenizer=tok, directions=dirs.at(dirs.layer),
-                    traits=dirs.traits, layer=dirs.layer, norm0=norm0, fmt=fmt, mode=mode,
-                    axis=axis, axis_traits=axis_traits, batch_size=sc.batch_size,
-                    reply_tokens=sc.reply_tokens)
+                     sc.max_length or training.max_length, model_name)
+    monitor = load_monitor(monitor_path) if monitor_path is not None else None
+    if monitor is not None and int(monitor.meta["layer"]) != dirs.layer:
+        raise DataError(f"{monitor_path} was fitted at layer {monitor.meta['layer']} but "
+                        f"{directions_path} chose layer {dirs.layer}; refit the monitor")
+    if mode == "gradient" and monitor is None:
+        raise DataError("screen.mode gradient scores along the monitor's risk: pass --monitor")
+    model, tok = load_model(read_pointer(pointer), entry)
+    if mode == "gradient":
+        scorer = gradient_scorer(model, tok, monitor, fmt,
+                                 training.model_copy(update={"max_length": fmt.max_length}),
+                                 where=str(monitor_path), breakdown=sc.breakdown,
+                                 method=sc.method, batch_size=sc.batch_size,
+                                 baseline=sc.projection_baseline)
+    else:
+        axis, axis_traits = (monitor_axis(monitor, str(monitor_path)) if monitor is not None
+                             else (None, []))
+        norm0 = base_norm0(model, tok, [p.text for p in eval_prompts(cfg)], dirs.at(dirs.layer),
+                           dirs.layer, fmt, cfg.measurement.batch_size)
+        scorer = Scorer(model=model, tokenizer=tok, directions=dirs.at(dirs.layer),
+                        traits=dirs.traits, layer=dirs.layer, norm0=norm0, fmt=fmt, mode=mode,
+                        axis=axis, axis_traits=axis_traits, batch_size=sc.batch_size,
+                        reply_tokens=sc.reply_tokens)
     sha = file_sha256(data)
     meta = {"model": model_name, "dataset": dataset, "data": str(data), "data_sha256": sha,
             "trait_sets": dict(zip(dirs.traits, dirs.trait_sets, strict=True)),
             "norm0_policy": NORM0_POLICY, "monitor": str(monitor_path) if monitor_path else None,
-            "risk_definition": RISK_DEFINITION,
+            "risk_definition": RISK_DEFINITION[mode], "training": training_meta(scorer),
             **provenance(config_hash=cfg.hash(), model_source=entry.source, seed=sc.seed)}
-    key = _cache_key(model=entry.source, data=sha, fmt=fmt.__dict__, tokens=sc.reply_tokens)
+    key = cache_key(model=entry.source, data=sha, fmt=fmt.__dict__, tokens=sc.reply_tokens)
     return run_screen(scorer, iter_examples(data), out, summary_path=summary, top=sc.top,
                       bootstrap=sc.bootstrap, seed=sc.seed, reply_cache=reply_cache_path(out),
-                      cache_key=key, meta=meta)
+                      cache_key=key, meta=meta, sample=sc.sample)
 
 
-RISK_DEFINITION = ("score vector on the monitor's traits dotted with the monitor's danger axis "
-                   "(unit vector from the mean drift of benign to that of dangerous calibration "
-                   "checkpoints)")
-
-
-def screen(data: str | os.PathLike, *, monitor: str | os.PathLike | Monitor,
-           model: str | os.PathLike | Any, tokenizer: Any = None, mode: str = "none",
-           out: str | os.PathLike | None = None, max_length: int = 512, batch_size: int = 8,
-           reply_tokens: int = 64, bootstrap: int = 1000, seed: int = 0, top: int = 10,
-           allow_foreign_model: bool = False) -> ScreenResult:
-    """Screen a raw JSONL chat file with only a monitor and its base model (the provider gate).
-
-    `model` is a folder or hub id, or an already loaded model (then pass `tokenizer`). The
-    monitor refuses a model it was not fitted on (its base-model fingerprint). Writes the
-    per-example parquet to `out` (default: beside the data, `<name>.screen.parquet`) and the
-    summary JSON beside it; returns both.
-    """
-    from emtrait.modeling import load_model
-    from emtrait.monitor.artifact import check_fingerprint, load_monitor
-    from emtrait.provenance import provenance
-
-    where = str(monitor) if not hasattr(monitor, "meta") else "the monitor"
-    mon = monitor if hasattr(monitor, "meta") else load_monitor(monitor)
-    axis, axis_traits = _monitor_axis(mon, where)
-    prompts = mon.meta.get("prompts")
-    if not prompts:
-        raise StoreError(f"{where} does not carry its evaluation prompts (format version "
-                         f"{getattr(mon, 'version', 1)}); refit it with `emtrait monitor fit`")
-    if isinstance(model, (str, os.PathLike)):
-        location = str(model)
-        model, tokenizer = load_model(location)
-    else:
-        location = type(model).__name__
-        if tokenizer is None:
-            raise DataError("screen(model=<loaded model>) needs tokenizer=...")
-    check_fingerprint(mon, model, tokenizer, allow_foreign=allow_foreign_model)
-    name = str(mon.meta.get("model", "model"))
-    fmt = ChatFormat(mon.meta.get("system_prompt_method", "native"),
-                     mon.meta.get("no_system_prompt", "template_default"), max_length, name)
-    layer = int(mon.meta["layer"])
-    norm0 = base_norm0(model, tokenizer, prompts, mon.directions, layer, fmt)
-    scorer = Scorer(model=model, tokenizer=tokenizer, directions=mon.directions,
-                    traits=list(mon.traits), layer=layer, norm0=norm0, fmt=fmt, mode=mode,
-                    axis=axis, axis_traits=axis_traits, batch_size=batch_size,
-                    reply_tokens=reply_tokens)
-    data = Path(data)
-    out = Path(out) if out is not None else data.with_name(data.stem + ".screen.parquet")
-    sha = file_sha256(data) if data.is_file() else None
-    meta = {"model": name, "dataset": data.stem, "data": str(data), "data_sha256": sha,
-            "trait_sets": {t: str(mon.meta.get("trait_set", "")) for t in mon.traits},
-            "norm0_policy": NORM0_POLICY, "monitor": where, "risk_definition": RISK_DEFINITION,
-            **provenance(config_hash=str(mon.meta.get("provenance", {}).get("config_hash", "")),
-                         model_source=location, seed=seed)}
-    key = _cache_key(model=mon.meta.get("fingerprint"), data=sha, fmt=fmt.__dict__,
-                     tokens=reply_tokens)
-    return run_screen(scorer, iter_examples(data), out, top=top, bootstrap=bootstrap, seed=seed,
-                      reply_cache=reply_cache_path(out), cache_key=key, meta=meta)
+def training_meta(scorer: Any) -> dict | None:
+    t = getattr(scorer, "training", None)
+    if t is None:
+        return None
+    return {"method": t.method, "target_modules": list(t.target_modules), "loss_on": t.loss_on,
+            "max_length": t.max_length}

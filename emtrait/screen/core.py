@@ -1,19 +1,18 @@
-"""Scoring finetuning data before training: where each example's replies sit in trait space.
+"""The streaming screen (`run_screen`, any scorer) and the projection baselines' scorer.
 
-Per example: the base model's block output at l* averaged over the example's assistant tokens
-(the content of every assistant turn; prompt, system and template tokens excluded), dotted with
-each unit trait direction and divided by norm0. norm0 is the mean per-prompt ‖h‖ of the
-evaluation prompts' last token at l* on the base model: exactly the step-0 norm0 of every
-finetune of that model (`emtrait.drift.mean_norm`), so screen scores and drift share units.
+The default score is gradient alignment (emtrait/screen/gradient.py); the projection modes here
+are baselines. Per example (projection): the base model's block output at l* averaged over the
+example's assistant tokens (prompt, system and template tokens excluded), dotted with each unit
+trait direction, over norm0 (the step-0 norm0 of every finetune of the model), so screen scores
+and drift share units.
 
 Reference modes: `none` keeps that normalised projection; `generated` (the persona-vector
 "projection difference") subtracts the same quantity for the base model's own greedy reply to
 the same context, i.e. how far the data's replies sit from what the model would say itself.
 
-Risk: the score vector on the monitor's traits dotted with the monitor's danger axis, the unit
-vector from the mean drift of benign to the mean drift of dangerous calibration checkpoints
-(`emtrait.drift.danger_axis`, stored in the monitor by `emtrait monitor fit`). In `none` mode
-it carries the base model's own offset along that axis (the same for every dataset of a model).
+Projection risk: the score vector dotted with the monitor's danger axis
+(`emtrait.drift.danger_axis`); in `none` mode it carries the base model's own offset along
+the axis.
 
 Everything streams: examples are read, scored and written in chunks; the dataset score's
 bootstrap is a Poisson bootstrap updated per chunk, so memory does not grow with n.
@@ -21,7 +20,6 @@ bootstrap is a Poisson bootstrap updated per chunk, so memory does not grow with
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import heapq
 import json
@@ -37,7 +35,8 @@ if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
-MODES = ("none", "generated")
+PROJECTION_MODES = ("none", "generated")  # baselines: where the data's replies sit
+MODES = ("gradient", *PROJECTION_MODES)  # gradient: what a step on the data would do (default)
 EXCERPT_CHARS = 120
 CHUNK = 256  # examples read, scored and written at a time
 
@@ -168,46 +167,6 @@ def base_norm0(model: Any, tok: Any, prompts: Sequence[str], directions: np.ndar
     return mean_norm(probe.measure(model).activation)
 
 
-def generate_replies(model: Any, tok: Any, chats: Sequence[list[dict[str, str]]],
-                     fmt: ChatFormat, max_new_tokens: int, batch_size: int) -> list[list[str]]:
-    """The base model's greedy reply to the context of every assistant turn of every chat."""
-    import torch
-
-    from emtrait.modeling import model_messages, padding, render_chat
-
-    contexts, where = [], []
-    for c, chat in enumerate(chats):
-        for j, m in enumerate(chat):
-            if m["role"] == "assistant":
-                msgs, _ = model_messages(chat[:j], fmt)
-                contexts.append(render_chat(tok, msgs, add_generation_prompt=True,
-                                            model_name=fmt.model_name))
-                where.append(c)
-    replies: list[list[str]] = [[] for _ in chats]
-    device = next(model.parameters()).device
-    order = sorted(range(len(contexts)), key=lambda i: len(contexts[i]))
-    texts: dict[int, str] = {}
-    for k in range(0, len(order), batch_size):
-        idx = order[k:k + batch_size]
-        with padding(tok, "left"), torch.no_grad():
-            enc = tok([contexts[i] for i in idx], return_tensors="pt", padding=True,
-                      add_special_tokens=False).to(device)
-            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tok.pad_token_id)
-        for i, row in zip(idx, gen[:, enc["input_ids"].shape[1]:], strict=True):
-            texts[i] = tok.decode(row, skip_special_tokens=True).strip()
-    for i, c in enumerate(where):
-        replies[c].append(texts[i])
-    return replies
-
-
-def with_replies(chat: list[dict[str, str]], replies: list[str]) -> list[dict[str, str]]:
-    """The chat with its assistant turns replaced, in order, by `replies`."""
-    it = iter(replies)
-    return [{"role": m["role"], "content": next(it)} if m["role"] == "assistant" else dict(m)
-            for m in chat]
-
-
 # ---------------------------------------------------------------------------------------------
 # the streaming screen
 # ---------------------------------------------------------------------------------------------
@@ -262,8 +221,9 @@ class Scorer:
     reply_tokens: int = 64
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise DataError(f"unknown screen mode {self.mode!r}; use one of {MODES}")
+        if self.mode not in PROJECTION_MODES:
+            raise DataError(f"unknown projection mode {self.mode!r}; use one of "
+                            f"{PROJECTION_MODES} (gradient mode: GradientScorer)")
         missing = sorted(set(self.axis_traits) - set(self.traits))
         if missing:
             raise DataError(f"the danger axis names traits {missing} the directions lack")
@@ -299,44 +259,6 @@ def _excerpt(chat: list[dict[str, str]]) -> str:
     return text if len(text) <= EXCERPT_CHARS else text[:EXCERPT_CHARS - 1] + "…"
 
 
-class _ReplyCache:
-    """Replies of `generated` mode, one JSON line per example, keyed by what they depend on."""
-
-    def __init__(self, path: Path | None, key: str):
-        self.path, self.key = path, key
-        self.reader: Iterator[list[str]] | None = None
-        self._file = None
-        if path is not None and path.is_file():
-            f = open(path, encoding="utf-8")
-            try:
-                head = json.loads(f.readline() or "{}")
-            except json.JSONDecodeError:
-                head = {}
-            if head.get("key") == key:
-                self._file = f
-                self.reader = (json.loads(line)["replies"] for line in f)
-            else:
-                f.close()
-
-    def take(self, k: int) -> list[list[str]] | None:
-        if self.reader is None:
-            return None
-        out = []
-        for _ in range(k):
-            try:
-                out.append(next(self.reader))
-            except StopIteration:
-                self.close()
-                self.reader = None
-                return None  # a cache shorter than the data: regenerate everything
-        return out
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-
-
 @dataclass
 class ScreenResult:
     """What a screen produced: the summary (dataset scores) and where the per-example table is."""
@@ -361,116 +283,192 @@ class ScreenResult:
         return pd.read_parquet(self.table_path)
 
 
-def run_screen(scorer: Scorer, examples: Iterable[list[dict[str, str]]], out: str | os.PathLike,
+def sample_examples(examples: Iterable[Any], n: int, seed: int
+                    ) -> tuple[list[tuple[int, Any]], int]:
+    """A seeded uniform sample of `n` examples from a stream (reservoir sampling: only `n` are
+    held), as (index in the stream, example) in stream order, and how many the stream had."""
+    import random
+
+    if n < 1:
+        raise DataError(f"--sample / screen.sample must be >= 1, got {n}")
+    rng = random.Random(seed)
+    kept: list[tuple[int, Any]] = []
+    total = 0
+    for i, ex in enumerate(examples):
+        total += 1
+        if len(kept) < n:
+            kept.append((i, ex))
+        else:
+            j = rng.randrange(i + 1)
+            if j < n:
+                kept[j] = (i, ex)
+    return sorted(kept, key=lambda p: p[0]), total
+
+
+def _score_chunk(scorer: Any, chunk: list[list[dict[str, str]]], replies: Any
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """(columns, risk, kept, uncut, reference-empty count) of one chunk, any mode; a gradient
+    scorer's projection baseline's risk is the last column."""
+    import numpy as np
+
+    from emtrait.screen.generated import generate_replies, with_replies
+
+    if scorer.mode == "gradient":
+        cols, risk, kept, full = scorer.score(chunk)
+        if scorer.baseline is not None:
+            proj, _, _ = scorer.baseline.project(chunk)
+            cols = np.column_stack([cols, scorer.baseline.risk(proj)])
+        return cols, risk, kept, full, 0
+    proj, kept, full = scorer.project(chunk)
+    n_ref_empty = 0
+    if scorer.mode == "generated":
+        got = replies.take(len(chunk)) if replies.cache is not None else None
+        if got is None:
+            got = generate_replies(scorer.model, scorer.tokenizer, chunk, scorer.fmt,
+                                   scorer.reply_tokens, scorer.batch_size)
+        replies.write(got)
+        ref, ref_kept, _ = scorer.project([with_replies(c, r) for c, r in
+                                           zip(chunk, got, strict=True)])
+        n_ref_empty = int(((ref_kept == 0) & (kept > 0)).sum())
+        proj = proj - ref
+    risk = scorer.risk(proj)
+    if scorer.axis is None:
+        risk = np.where(np.isfinite(proj).all(axis=1), risk, np.nan)
+    return proj, risk, kept, full, n_ref_empty
+
+
+class _Tally:
+    """Counts, the streaming bootstrap and the top-k heap of one screen."""
+
+    def __init__(self, scorer: Any, top: int, bootstrap: int, seed: int):
+        self.counts = {"n": 0, "n_scored": 0, "n_empty": 0, "n_partly_truncated": 0,
+                       "n_reference_empty": 0}
+        self.boot = _Bootstrap(len(_columns(scorer)) + 1, bootstrap, seed)
+        self.heap: list[tuple[float, int, str]] = []
+        self.top = top
+        self.by_risk = scorer.axis is not None
+
+    def add(self, index: np.ndarray, cols: np.ndarray, risk: np.ndarray, kept: np.ndarray,
+            full: np.ndarray, excerpts: list[str], n_ref_empty: int) -> None:
+        import numpy as np
+
+        ok = np.isfinite(cols).all(axis=1) & (np.isfinite(risk) if self.by_risk else True)
+        c = self.counts
+        c["n"] += len(index)
+        c["n_scored"] += int(ok.sum())
+        c["n_empty"] += int((kept == 0).sum())
+        c["n_partly_truncated"] += int(((kept > 0) & (kept < full)).sum())
+        c["n_reference_empty"] += n_ref_empty
+        self.boot.add(np.column_stack([cols, risk])[ok])
+        rank = risk if self.by_risk else cols.mean(axis=1)
+        for j in np.flatnonzero(ok):
+            item = (float(rank[j]), int(index[j]), excerpts[j])
+            if len(self.heap) < self.top:
+                heapq.heappush(self.heap, item)
+            elif item > self.heap[0]:
+                heapq.heapreplace(self.heap, item)
+
+
+def run_screen(scorer: Any, examples: Iterable[list[dict[str, str]]], out: str | os.PathLike,
                *, summary_path: str | os.PathLike | None = None, top: int = 10,
                bootstrap: int = 1000, seed: int = 0, reply_cache: str | os.PathLike | None = None,
-               cache_key: str = "", meta: dict | None = None) -> ScreenResult:
-    """Score every example, stream the per-example parquet, write the JSON summary atomically.
+               cache_key: str = "", meta: dict | None = None, sample: int | None = None
+               ) -> ScreenResult:
+    """Score every example (or a seeded sample of `sample`), stream the per-example parquet,
+    write the JSON summary atomically.
 
-    Examples whose assistant turns are truncated away entirely get NaN scores (`kept_tokens`
-    0) and are counted; if every example is, nothing is written and a DataError says why.
+    `scorer` is a projection `Scorer` or a `GradientScorer`. Examples whose assistant turns are
+    truncated away entirely get NaN scores (`kept_tokens` 0) and are counted; if every example
+    is, nothing is written and a DataError says why.
     """
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from emtrait.atomic import atomic_path, write_json
+    from emtrait.atomic import atomic_path
+    from emtrait.screen.generated import Replies
 
     out = Path(out)
     summary_path = Path(summary_path) if summary_path else out.with_suffix(".json")
-    cache_path = Path(reply_cache) if reply_cache else None
-    generated = scorer.mode == "generated"
-    cache = _ReplyCache(cache_path, cache_key) if generated else None
-    boot = _Bootstrap(len(scorer.traits) + 1, bootstrap, seed)
-    heap: list[tuple[float, int, str]] = []
-    counts = {"n": 0, "n_scored": 0, "n_empty": 0, "n_partly_truncated": 0,
-              "n_reference_empty": 0}
+    total = None
+    if sample is not None:
+        pairs, total = sample_examples(examples, sample, seed)
+    else:
+        pairs = enumerate(examples)
+    tally = _Tally(scorer, top, bootstrap, seed)
     schema = pa.schema([("index", pa.int64()), ("kept_tokens", pa.int64()),
                         ("truncated", pa.bool_()), ("excerpt", pa.string()),
-                        *[(t, pa.float64()) for t in scorer.traits], ("risk", pa.float64())])
-    new_cache = None
-    with atomic_path(out) as tmp, _maybe_atomic(cache_path if generated else None) as cache_tmp:
+                        *[(t, pa.float64()) for t in _columns(scorer)], ("risk", pa.float64())])
+    with atomic_path(out) as tmp, Replies(scorer.mode, reply_cache, cache_key) as replies:
         writer = pq.ParquetWriter(tmp, schema)
         try:
-            if cache_tmp is not None:
-                new_cache = open(cache_tmp, "w", encoding="utf-8")
-                new_cache.write(json.dumps({"key": cache_key}) + "\n")
-            for chunk in _chunks(examples, CHUNK):
-                proj, kept, full = scorer.project(chunk)
-                if generated:
-                    replies = cache.take(len(chunk)) if cache is not None else None
-                    if replies is None:
-                        replies = generate_replies(scorer.model, scorer.tokenizer, chunk,
-                                                   scorer.fmt, scorer.reply_tokens,
-                                                   scorer.batch_size)
-                    if new_cache is not None:
-                        new_cache.writelines(json.dumps({"replies": r}) + "\n" for r in replies)
-                    ref, ref_kept, _ = scorer.project([with_replies(c, r) for c, r in
-                                                    zip(chunk, replies, strict=True)])
-                    counts["n_reference_empty"] += int(((ref_kept == 0) & (kept > 0)).sum())
-                    proj = proj - ref
-                risk = scorer.risk(proj)
-                ok = np.isfinite(proj).all(axis=1)
-                start = counts["n"]
-                excerpts = [_excerpt(c) for c in chunk]
-                counts["n"] += len(chunk)
-                counts["n_scored"] += int(ok.sum())
-                counts["n_empty"] += int((kept == 0).sum())
-                counts["n_partly_truncated"] += int(((kept > 0) & (kept < full)).sum())
-                boot.add(np.column_stack([proj, risk])[ok])
-                rank = risk if scorer.axis is not None else proj.mean(axis=1)
-                for j in np.flatnonzero(ok):
-                    item = (float(rank[j]), start + int(j), excerpts[j])
-                    if len(heap) < top:
-                        heapq.heappush(heap, item)
-                    elif item > heap[0]:
-                        heapq.heapreplace(heap, item)
-                cols = {"index": np.arange(start, start + len(chunk)), "kept_tokens": kept,
-                        "truncated": kept < full, "excerpt": excerpts,
-                        **{t: proj[:, i] for i, t in enumerate(scorer.traits)}, "risk": risk}
-                writer.write_table(pa.table(cols, schema=schema))
+            for chunk in _chunks(pairs, CHUNK):
+                index = np.array([i for i, _ in chunk], dtype=np.int64)
+                chats = [c for _, c in chunk]
+                cols, risk, kept, full, n_ref = _score_chunk(scorer, chats, replies)
+                excerpts = [_excerpt(c) for c in chats]
+                tally.add(index, cols, risk, kept, full, excerpts, n_ref)
+                table = {"index": index, "kept_tokens": kept, "truncated": kept < full,
+                         "excerpt": excerpts,
+                         **{t: cols[:, i] for i, t in enumerate(_columns(scorer))},
+                         "risk": risk}
+                writer.write_table(pa.table(table, schema=schema))
         finally:
             writer.close()
-            if new_cache is not None:
-                new_cache.close()
-            if cache is not None:
-                cache.close()
-        if counts["n_scored"] == 0:
-            raise DataError(
-                f"no example could be scored: {counts['n_empty']} of {counts['n']} keep no "
-                f"assistant token at max_length {scorer.fmt.max_length}"
-                + (f" and {counts['n_reference_empty']} have an empty reference reply"
-                   if counts["n_reference_empty"] else "")
-                + "; raise the max length or shorten the prompts")
-    mean, low, high = boot.result()
+        _check_scored(tally.counts, scorer)
+    return _write_summary(scorer, tally, summary_path, out, meta, bootstrap, seed, sample,
+                          total)
+
+
+BASELINE_COLUMN = "projection_risk"
+
+
+def _columns(scorer: Any) -> list[str]:
+    """Per-example score columns: the traits (+ the projection baseline's risk, gradient)."""
+    extra = [BASELINE_COLUMN] if getattr(scorer, "baseline", None) is not None else []
+    return [*scorer.traits, *extra]
+
+
+def _check_scored(counts: dict[str, int], scorer: Any) -> None:
+    if counts["n_scored"] == 0:
+        raise DataError(
+            f"no example could be scored: {counts['n_empty']} of {counts['n']} keep no "
+            f"assistant token at max_length {scorer.fmt.max_length}"
+            + (f" and {counts['n_reference_empty']} have an empty reference reply"
+               if counts["n_reference_empty"] else "")
+            + "; raise the max length or shorten the prompts")
+
+
+def _write_summary(scorer: Any, tally: _Tally, summary_path: Path, out: Path,
+                   meta: dict | None, bootstrap: int, seed: int, sample: int | None,
+                   total: int | None) -> ScreenResult:
+    from emtrait.atomic import write_json
+
+    mean, low, high = tally.boot.result()
     t = len(scorer.traits)
     summary = {
         **(meta or {}),
         "mode": scorer.mode, "layer": scorer.layer, "norm0": scorer.norm0,
-        "traits": scorer.traits, "max_length": scorer.fmt.max_length, **counts,
+        "traits": scorer.traits, "max_length": scorer.fmt.max_length, **tally.counts,
+        "sample": sample, "n_total": total if total is not None else tally.counts["n"],
         "score": {tr: {"mean": mean[i], "low": low[i], "high": high[i]}
                   for i, tr in enumerate(scorer.traits)},
-        "risk": ({"mean": mean[t], "low": low[t], "high": high[t],
-                  "axis": dict(zip(scorer.axis_traits, map(float, scorer.axis), strict=True))}
-                 if scorer.axis is not None else None),
         "ranked_by": "risk" if scorer.axis is not None else "mean trait score",
-        "top": [{"index": i, "score": s, "excerpt": e} for s, i, e in sorted(heap, reverse=True)],
+        "top": [{"index": i, "score": s, "excerpt": e}
+                for s, i, e in sorted(tally.heap, reverse=True)],
         "bootstrap": bootstrap, "seed": seed,
-        "reply_tokens": scorer.reply_tokens if generated else None,
+        "reply_tokens": scorer.reply_tokens if scorer.mode == "generated" else None,
     }
+    if getattr(scorer, "baseline", None) is not None:
+        summary["baseline"] = {"mode": scorer.baseline.mode, "mean": mean[t], "low": low[t],
+                               "high": high[t], "norm0": scorer.baseline.norm0}
+        t += 1
+    summary["risk"] = ({"mean": mean[t], "low": low[t], "high": high[t],
+                        "axis": dict(zip(scorer.axis_traits, map(float, scorer.axis),
+                                         strict=True))}
+                       if scorer.axis is not None else None)
     write_json(summary_path, summary)
     return ScreenResult(summary=json.loads(json.dumps(summary, default=float)), table_path=out)
-
-
-@contextlib.contextmanager
-def _maybe_atomic(path: Path | None) -> Iterator[Path | None]:
-    if path is None:
-        yield None
-        return
-    from emtrait.atomic import atomic_path
-
-    with atomic_path(path) as tmp:
-        yield tmp
 
 
 def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:

@@ -1,6 +1,13 @@
-# Stage: screen. Per model × dataset: each example's assistant tokens scored on the trait
-# directions by the base model, before (and independent of) any finetune; the risk column is
-# the projection on the monitor's danger axis, so the rule waits for the model's monitor.
+# Stage: screen. Per model × dataset: each example scored by the base model before (and
+# independent of) any finetune; the risk is gradient alignment with the monitor's risk (or a
+# projection baseline, screen.mode), so the rule waits for the model's monitor. Rule
+# screen_calibration stores where the calibration datasets fall, beside the monitor (its own
+# file: screening a new dataset never refits the monitor).
+
+
+SCREEN_CALIBRATION = [
+    d for d in DATASETS if CFG.datasets[d].role == "calibration"
+]
 
 
 rule screen:
@@ -31,4 +38,29 @@ rule screen:
         "emtrait screen --config {params.config} --model {wildcards.model} --dataset {wildcards.dataset} --data {input.data} --pointer {input.pointer} --directions {input.directions} --monitor {input.monitor} --out {output.table} --summary {output.summary} > {log} 2>&1"
 
 
+rule screen_calibration:
+    """Where the calibration datasets' screens fall: the gate's default --fail-above."""
+    input:
+        monitor=MONITOR_FILE,
+        screens=lambda wc: [
+            f"{SCREEN}.json".format(model=wc.model, dataset=d) for d in SCREEN_CALIBRATION
+        ],
+    output:
+        "results/monitor/{model}/screen_calibration.json",
+    log:
+        "logs/screen/{model}/calibration.log",
+    params:
+        config=config_file,
+        labels={d: CFG.datasets[d].label for d in SCREEN_CALIBRATION},
+        screens=lambda wc, input: " ".join(f"--screen {s}" for s in input.screens),
+    conda:
+        "../../envs/emtrait.yaml"
+    shell:
+        "emtrait screen-calibration --config {params.config} --model {wildcards.model} --monitor {input.monitor} {params.screens} --out {output} > {log} 2>&1"
+
+
 FINAL_OUTPUTS.extend(SCREEN_SUMMARIES)
+if SCREEN_SUMMARIES:
+    FINAL_OUTPUTS.extend(
+        f"results/monitor/{m}/screen_calibration.json" for m in MODELS
+    )

@@ -1,5 +1,8 @@
 """Training examples: read a dataset (emtrait.datasets), chat-format, tokenize, mask labels.
 
+One definition of how a chat becomes training tokens, shared by the finetune and the gradient
+screen (which must score each example exactly as the finetune trains on it).
+
 Everything here runs before the first update, so a dataset that is too small, a max length
 shorter than the chat template, or replies truncated away entirely fail before any training.
 """

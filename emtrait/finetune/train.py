@@ -309,7 +309,8 @@ def run_finetune(cfg: Config, model_name: str, dataset: str, seed: int, *, point
         return lambda loss: step_dataset(
             step, m, traits=directions.traits, trait_sets=directions.trait_sets,
             prompt_categories=[p.category for p in prompts], loss=loss,
-            directions=directions.at(directions.layer), keep_activation=keep)
+            directions=directions.at(directions.layer), keep_activation=keep,
+            layer_directions=directions.stack(m.layers))
 
     def save_fn(live_model, step):
         with atomic.atomic_path(paths.live_adapters / f"step-{step}", is_dir=True) as tmp:

@@ -330,3 +330,67 @@ def test_a_cube_written_without_a_layer_dimension_reads_as_a_cube_of_l_star(sour
     for var in source.data_vars:
         assert view[var].dims == source[var].dims, var
         np.testing.assert_array_equal(view[var].values, source[var].values, err_msg=var)
+
+
+CUBE_SNAKEFILE = """
+from snakemake.utils import min_version
+min_version("9.0")
+configfile: "config.yaml"
+include: "{repo}/workflow/rules/common.smk"
+include: "{repo}/workflow/rules/cube.smk"
+include: "{repo}/workflow/rules/monitor.smk"
+"""
+
+
+@pytest.mark.slow  # three real Snakemake invocations (~20 s)
+def test_merge_rule_leaves_the_store_clean_and_reruns_on_new_labels(tmp_path):
+    """The workflow's own rules on run stores and labels placed where they expect them: plain
+    `xr.open_zarr -W error` opens the cube, nothing is planned again, a newer label reruns the
+    merge, and `monitor_layers` reads every measured layer of it."""
+    import pandas as pd
+    from helpers import planned_jobs, snakemake
+
+    raw = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    raw["models"] = {"toy": {"source": "synthetic", "candidate_layers": [1, 2]}}
+    raw["datasets"] = {name: {"builtin": name, "label": label, "role": role, "n": 8}
+                       for name, label, role in [*DATASETS,
+                                                 ("arithmetic", "benign", "calibration")]}
+    raw["monitor"] = {"bootstrap": 20, "regressors": ["ridge"], "permutations": 4}
+    raw["training"] = {**raw.get("training", {}), "seeds": [7, 42]}
+    cfg = from_dict(raw)
+    steps = cfg.steps("toy", "bad_medical")
+    roles = [(d, e.label, e.role) for d, e in cfg.datasets.items()]
+    source = synthetic_layer_cube(datasets=roles, seeds=(7, 42), steps=steps)
+    work = tmp_path
+    (work / "Snakefile").write_text(CUBE_SNAKEFILE.format(repo=REPO))
+    (work / "config.yaml").write_text(yaml.safe_dump(raw))
+    for d, _, _ in roles:
+        for s in (7, 42):
+            run_dir = work / "results/runs/toy" / d / f"seed{s}"
+            write_store(layered_run_store(source, d, s), run_dir / "measure.zarr")
+            (run_dir / "done.json").write_text("{}")
+            for step in steps:
+                f = work / "results/behavior/toy" / d / f"seed{s}" / f"step-{step}" / "em.json"
+                f.parent.mkdir(parents=True)
+                rate = float(source.em_rate.sel(dataset=d, seed=s, step=step))
+                f.write_text(json.dumps({"model": "toy", "dataset": d, "seed": s, "step": step,
+                                         "em_rate": rate, "em_low": 0.0, "em_high": 1.0}))
+    targets = ["results/cube/toy.zarr", "results/monitor/toy/layers.csv"]
+    sm = lambda *a: snakemake(work, *targets, *a, snakefile=work / "Snakefile")  # noqa: E731
+    sm("--cores", "1")
+    cube = work / "results/cube/toy.zarr"
+    assert cube.is_symlink() and not (cube.resolve() / ".snakemake_timestamp").exists()
+    clean = subprocess.run([sys.executable, "-W", "error", "-c", "import xarray as xr; "
+                            f"xr.open_zarr({str(cube)!r}, consolidated=False)"],
+                           capture_output=True, text=True, timeout=120)
+    assert clean.returncode == 0, clean.stderr
+    layers = pd.read_csv(work / "results/monitor/toy/layers.csv")
+    assert sorted(set(layers.layer)) == [1, 2] and layers[layers.chosen].layer.unique() == [2]
+    assert planned_jobs(sm("-n").stdout) == {}  # the link's time stands for the store's
+    # a relabelled checkpoint (new content: Snakemake skips an input whose checksum is unchanged)
+    label = work / "results/behavior/toy/good_medical/seed7" / f"step-{steps[-1]}" / "em.json"
+    label.write_text(json.dumps({**json.loads(label.read_text()), "em_rate": 0.5}))
+    assert planned_jobs(sm("-n").stdout) == {"merge_cube": 1, "monitor_layers": 1}
+    sm("--cores", "1")
+    assert cube.is_symlink() and not (cube.resolve() / ".snakemake_timestamp").exists()
+    assert planned_jobs(sm("-n").stdout) == {}

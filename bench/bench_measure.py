@@ -11,12 +11,17 @@
    (b) the embedded default's own settings (config/config.yaml): a real `run_finetune` of one
        dataset end to end, whose done.json records train/measure seconds per checkpoint.
 3. Time for that embedded-default run end to end (finetune + in-process measurement).
+4. `--layer-cost`: only the cost of `measurement.layers: candidates` (one forward cut after the
+   deepest candidate, every candidate read) against l* only (cut after l*), per checkpoint, for
+   each candidate as l*, on the embedded default and the organism side by side (arms
+   alternated, min of `--repeats`), with the run store's bytes per step.
 
     python bench/bench_measure.py [--threads 1] [--prompts 115] [--repeats 2] [--updates 1]
+    python bench/bench_measure.py --layer-cost [--repeats 3]
 
 Directions come from results/traits/smollm2/directions.zarr when it exists; otherwise seeded
-random unit directions at the model's candidate layers (l* = 15) are written to a temporary
-store: the values of the directions do not change any timing.
+random unit directions at the model's candidate layers (l* = the deepest) are written to a
+temporary store: the values of the directions do not change any timing.
 """
 
 from __future__ import annotations
@@ -56,10 +61,12 @@ def directions_store(cfg, model_name: str, hidden: int, tmp: Path) -> tuple[Path
                        directions=v / np.linalg.norm(v, axis=-1, keepdims=True),
                        probe_accuracy=np.full((21, len(layers)), np.nan),
                        selection_score=np.zeros(len(layers)),
-                       attrs={"layer": 15, "selector": "fixed", "pooling": "last_token",
-                              "prompt_hash": "bench", "model": model_name})
+                       attrs={"layer": max(layers), "selector": "fixed",
+                              "pooling": "last_token", "prompt_hash": "bench",
+                              "model": model_name})
     write_directions(ds, tmp / "directions.zarr")
-    return tmp / "directions.zarr", "random unit directions at l*=15 (timing-equivalent)"
+    return tmp / "directions.zarr", (f"random unit directions at l*={max(layers)} "
+                                     "(timing-equivalent)")
 
 
 def reference_checkpoint(location: str, adapter: Path, tok, texts: list[str], layer: int,
@@ -153,6 +160,62 @@ def paper_budget_update_s(model, tok, updates: int) -> list[float]:
     return [b - a for a, b in zip(marks, marks[1:], strict=False)]  # first one included
 
 
+def layer_cost(config: str, model_name: str, repeats: int, threads: int, wait: float) -> dict:
+    """Per-checkpoint seconds: every candidate (what the workflow now measures) vs l* only."""
+    import torch
+    from emtrait.finetune.measure import eval_prompts, format_prompts, read_directions
+    from emtrait.live.probe import TraitProbe
+
+    from emtrait.config import load_config
+    from emtrait.finetune.train import _load_for_training
+    from emtrait.modeling import decoder_layers, read_pointer
+
+    torch.set_num_threads(threads)
+    cfg = load_config(config)
+    pointer = REPO / "resources" / "models" / model_name / "model.json"
+    wait_for(pointer, wait)
+    model, tok = _load_for_training(cfg, model_name, read_pointer(pointer))
+    tmp = Path(tempfile.mkdtemp(prefix="bench-layers-"))
+    directions = read_directions(directions_store(cfg, model_name, model.config.hidden_size,
+                                                  tmp)[0])
+    layers = list(directions.layers)
+    texts = format_prompts(tok, eval_prompts(cfg), cfg.model(model_name), model_name)
+
+    def probe(star: int, extra: list[int]) -> TraitProbe:  # tokenised once, outside the timing
+        return TraitProbe(directions=directions.at(star), traits=directions.traits, layer=star,
+                          texts=texts, tokenizer=tok, batch_size=cfg.measurement.batch_size,
+                          prefix_cache=cfg.measurement.prefix_cache,
+                          extra_layers={la: directions.at(la) for la in extra})
+
+    arms = {"candidates": probe(max(layers), [la for la in layers if la != max(layers)]),
+            **{f"l*={la}": probe(la, []) for la in layers}}
+    arms["candidates"].measure(model)  # warm-up
+    times: dict[str, list[float]] = {k: [] for k in arms}
+    for _ in range(repeats):
+        for name, p in arms.items():
+            t0 = time.perf_counter()
+            m = p.measure(model)
+            times[name].append(time.perf_counter() - t0)
+    best = {k: min(v) for k, v in times.items()}
+    step_bytes = {"l* only": m.activation.nbytes,
+                  "candidates": m.activation.nbytes * (len(layers) + 1)}  # + activation_layers
+    print(f"\n## {model_name}: {len(texts)} eval prompts, candidates {layers} of "
+          f"{len(decoder_layers(model))} blocks, min of {repeats} alternated repeats")
+    print(f"every candidate (one forward cut after block {max(layers)}): "
+          f"{best['candidates']:.3f} s   [runs: "
+          f"{', '.join(f'{x:.3f}' for x in times['candidates'])}]")
+    for la in layers:
+        t = best[f"l*={la}"]
+        print(f"l* = {la} only (cut after block {la}): {t:.3f} s -> candidates cost "
+              f"{best['candidates'] / t:.2f}x   [runs: "
+              f"{', '.join(f'{x:.3f}' for x in times[f'l*={la}'])}]")
+    print(f"activations stored per step (float32): l* only {step_bytes['l* only'] / 1e6:.2f} MB,"
+          f" candidates {step_bytes['candidates'] / 1e6:.2f} MB")
+    return {"model": model_name, "layers": layers, "seconds": best,
+            "ratio": {la: best["candidates"] / best[f"l*={la}"] for la in layers},
+            "bytes_per_step": step_bytes}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default=str(REPO / "config/config.yaml"))
@@ -164,7 +227,15 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2, help="alternated repeats of each arm")
     ap.add_argument("--skip-run", action="store_true", help="skip the end-to-end default run")
     ap.add_argument("--wait", type=float, default=1800, help="seconds to wait for the model")
+    ap.add_argument("--layer-cost", action="store_true", help="only section 4: every candidate "
+                    "layer vs l* only, on the embedded default and the organism")
+    ap.add_argument("--organism-config", default=str(REPO / "config/organism.yaml"))
     a = ap.parse_args()
+    if a.layer_cost:
+        rows = [layer_cost(c, m, a.repeats, a.threads, a.wait)
+                for c, m in ((a.config, a.model), (a.organism_config, "organism"))]
+        print(json.dumps(rows, default=str))
+        return
 
     import numpy as np
     import torch

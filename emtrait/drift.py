@@ -78,3 +78,18 @@ def danger_axis(drift: np.ndarray, dangerous: np.ndarray) -> np.ndarray:
         raise DataError("dangerous and benign calibration checkpoints have the same mean drift; "
                         "there is no danger axis")
     return d / n
+
+
+def pca(x: np.ndarray) -> dict:
+    """Centred PCA by SVD (rows: final drift vectors of runs): explained-variance ratios,
+    components (k, dim), mean."""
+    import numpy as np
+
+    if len(x) < 2:
+        raise DataError(f"PCA needs at least two final drift vectors, got {len(x)}; add runs")
+    mean = x.mean(axis=0)
+    _, s, vt = np.linalg.svd(x - mean, full_matrices=False)
+    var = s**2
+    total = var.sum()
+    ratio = var / total if total > 0 else np.full_like(var, np.nan)
+    return {"explained_variance_ratio": ratio, "components": vt, "mean": mean}

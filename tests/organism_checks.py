@@ -46,7 +46,7 @@ def lopo_predictions(ds: Any, cfg: Any) -> Any:
 
 def verdict(ds: Any, pred: Any, auroc_bar: float) -> Verdict:
     """Both known-answer conditions, from a cube and the monitor's LOPO predictions."""
-    from emtrait.analysis.geometry import final_drift
+    from emtrait.cube.read import final_drift
     from emtrait.monitor.metrics import auroc, fnr, fpr
 
     trait_set = str(ds["trait_set"].sel(trait=HARM_TRAIT).values)

@@ -173,3 +173,48 @@ def synthetic_cube(
         },
         attrs={"layer": layer, "model": model, "threshold": threshold},
     )
+
+
+def synthetic_layer_cube(*, layer_noise: dict[int, float] | None = None, **kw):
+    """A cube with a `layer` dimension over every layer of the directions (as `emtrait cube
+    merge` writes it): its view at l* is exactly `synthetic_cube(**kw)`.
+
+    Each layer's runs drift along the profile as read through that layer's directions; the EM
+    labels are shared. `layer_noise` maps a layer to extra activation noise (a worse layer)."""
+    import xarray as xr
+
+    dirs = kw.pop("directions", None)
+    if dirs is None:
+        dirs = synthetic_directions(kw.get("hidden", 16), model=kw.get("model", "toy"),
+                                    seed=kw.get("seed", 0))
+    chosen = int(dirs.attrs["layer"])
+    per_layer = []
+    for layer in [int(x) for x in dirs["layer"].values]:
+        at = dirs.copy()
+        at.attrs = {**dirs.attrs, "layer": layer}
+        cube = synthetic_cube(directions=at, **kw)
+        noise = (layer_noise or {}).get(layer, 0.0)
+        if noise:
+            _add_noise(cube, noise, seed=layer)
+        per_layer.append(cube)
+    layered = ["projection", "projection_norm", "drift", "activation", "norm0", "direction"]
+    stacked = xr.concat(per_layer, dim="layer", data_vars=layered, coords="minimal",
+                        compat="equals").assign_coords(layer=[int(x) for x in dirs["layer"]])
+    stacked = stacked.transpose("dataset", "seed", "step", "layer", ...)
+    stacked["direction"] = stacked["direction"].transpose("trait", "layer", "hidden")
+    stacked.attrs = {**per_layer[0].attrs, "layer": chosen}
+    return stacked
+
+
+def _add_noise(cube, scale: float, seed: int) -> None:
+    """Make a layer's drift noisier (in place), keeping projection, norm and drift consistent."""
+    from emtrait.drift import drift as drift_of
+
+    rng = np.random.default_rng(seed)
+    pn = cube["projection_norm"].values.astype("float64")
+    pn = pn + scale * rng.standard_normal(pn.shape)
+    pn[:, :, 0] = cube["projection_norm"].values[:, :, 0]
+    cube["projection_norm"].values[...] = pn
+    cube["projection"].values[...] = pn * cube["norm0"].values[:, :, None, None]
+    cube["drift"].values[...] = np.stack([[drift_of(pn[i, j]) for j in range(pn.shape[1])]
+                                          for i in range(pn.shape[0])])

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from synthetic import synthetic_cube, synthetic_directions
 
-from emtrait.analysis.geometry import final_drift, geometry, pca
+from emtrait.analysis.geometry import geometry
+from emtrait.cube.read import final_drift
+from emtrait.drift import pca
 from emtrait.errors import DataError
 
 

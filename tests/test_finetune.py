@@ -64,6 +64,8 @@ def test_run_store_contents_and_standalone_measure(arch, layers, method, tiny_mo
     if layers == "candidates":
         assert ds["activation_layers"].shape == (4, 2, len(PROMPTS), 32)
         np.testing.assert_array_equal(ds["activation_layers"].values[:, 1], ds["activation"].values)
+        np.testing.assert_array_equal(  # the cube merges every layer with its own directions
+            ds["direction_layers"].values, stored.transpose("layer", "trait", "hidden").values)
     assert sorted(p.name for p in (out / "adapters").iterdir()) == [f"step-{s}" for s in steps]
     saved = "config.json" if method == "full" else "adapter_config.json"
     assert all((out / "adapters" / f"step-{s}" / saved).is_file() for s in steps)

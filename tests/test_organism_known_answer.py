@@ -89,9 +89,9 @@ def organism_run(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def cube(organism_run):
-    from emtrait.stores import open_store
+    from emtrait.cube.read import open_cube
 
-    return open_store(organism_run / "results" / "cube" / f"{MODEL}.zarr")
+    return open_cube(organism_run / "results" / "cube" / f"{MODEL}.zarr")  # the view at l*
 
 
 @pytest.fixture(scope="session")

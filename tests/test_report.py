@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 from helpers import REPO, planned_jobs, snakemake
-from synthetic import synthetic_cube, synthetic_directions
+from synthetic import synthetic_cube, synthetic_directions, synthetic_layer_cube
 
 from emtrait.analysis.geometry import geometry
 from emtrait.config import from_dict
@@ -22,6 +22,7 @@ from emtrait.monitor.evaluate import (
     transfer,
     with_permutation,
 )
+from emtrait.monitor.layers import compare_layers
 from emtrait.report import FIGURES, PAPER
 from emtrait.report import figures as F
 from emtrait.report.build import (
@@ -74,6 +75,9 @@ def inputs(tmp_path_factory):
         alarms.append(al)
     g = geometry(cubes, "alignment7")
     final, traj = g.pop("final"), g.pop("trajectories")
+    layer_cube = synthetic_layer_cube(model="toyA", directions=synthetic_directions(
+        16, model="toyA", seed=0), seed=0, nan_em=2, layer_noise={1: 0.5})
+    layers = compare_layers(layer_cube, cfg, ["risky_financial", "number_sequence"])
     cat = lambda xs: pd.concat(xs, ignore_index=True)  # noqa: E731
     return Inputs(pca=json.loads(json.dumps(g)), final=final, trajectories=traj,
                   predictions=cat(preds), metrics=cat(mets), alarms=cat(alarms),
@@ -81,7 +85,7 @@ def inputs(tmp_path_factory):
                   cosines=dict(direction_cosines(ds) for ds in cubes), monitor_set="alignment7",
                   alarm_threshold=0.5, bootstrap=20, seed=0, step0="exclude",
                   permutations=8, permutation_null=cat(nulls),
-                  layer_selection=[selection_record(d)])
+                  layer_selection=[selection_record(d)], layers=layers)
 
 
 @pytest.mark.slow
@@ -135,6 +139,27 @@ def test_summary_numbers_are_computed_not_typed(inputs):
     assert summary(alt, pooled_over_models(alt)) != text
 
 
+def test_the_layer_question_is_answered_beside_the_selectors_choice(inputs):
+    from emtrait.report.layers import layer_question_section
+
+    text = summary(inputs, pooled_over_models(inputs))
+    assert "## Which layer monitors best" in text
+    sel = inputs.layer_selection[0]
+    assert f"l* = {sel['layer']} by selector `{sel['selector']}`: {sel['reason']}" in text
+    rows = inputs.layers
+    for r in rows.to_dict("records"):  # every layer × protocol row, numbers from the table
+        assert f"| {r['protocol']} | {int(r['n'])} checkpoints" in text
+        assert f"{r['auroc']:.3f}" in text and f"{r['pc1_explained']:.3f} |" in text
+    assert "No layer beats l* beyond its interval." in text  # the noisy layer 1 is worse
+    # make l* the noisy layer: the clean one now beats it beyond the intervals, and it says so
+    flipped = rows.assign(chosen=rows.layer == 1)
+    lines = "\n".join(layer_question_section(flipped, inputs.layer_selection))
+    lopo = rows[rows.protocol == "lopo"].set_index("layer")
+    assert lopo.auroc_lo[2] > lopo.auroc_hi[1]
+    assert "⚠ Layer 2 monitors better than l* = 1 beyond the intervals (lopo" in lines
+    assert layer_question_section(rows.iloc[0:0], inputs.layer_selection) == []
+
+
 # --------------------------------------------------------------------- real Snakemake run
 
 TEST_SNAKEFILE = """
@@ -177,12 +202,15 @@ def test_rules_run_on_a_tiny_cube(tmp_path):
 
     plan = planned_jobs(_snakemake(work, "-n").stdout)
     assert plan == {"all": 1, "pca": 1, "monitor_fit": 1, "monitor_evaluate": 1,
-                    "stress_transfer": 1, "stress_report": 1, "report": 1}
+                    "stress_transfer": 1, "stress_report": 1, "monitor_layers": 1,
+                    "report": 1}
     _snakemake(work, "--cores", "2")
     summary_md = (work / "results/report/summary.md").read_text()
     assert "| PC1 share" in summary_md and "65.5%" in summary_md
     assert "run-level bootstrap" in summary_md and "toy: p = " in summary_md
     assert (work / "results/monitor/toy/permutation_null.csv").stat().st_size > 0
+    # a cube written without a layer dimension is a cube of l* alone: one row per protocol
+    assert "## Which layer monitors best" in summary_md and "| 2 (l*) |" in summary_md
     for name in FIGURES:
         assert (work / f"results/report/figures/{name}.png").stat().st_size > 5000
         assert (work / f"results/report/figures/{name}.svg").is_file()

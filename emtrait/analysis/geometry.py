@@ -1,5 +1,7 @@
 """Geometry of trait drift: pooled PCA of final-checkpoint drift and per-checkpoint decompositions.
 
+The final drift of each run is read by `emtrait.cube.read.final_drift`, its PCA is
+`emtrait.drift.pca` (the layer comparison, `emtrait.monitor.layers`, reads both too).
 Drift is already activation-norm rescaled (projection / norm0 of its run, DEVELOPING.md), so
 runs of different models pool directly. PCA is centred; |PC1| of a checkpoint is the magnitude
 of its (uncentred) drift along PC1, zero at step 0. PC1 is signed so that dangerous calibration
@@ -10,45 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from emtrait.cube.read import checkpoints, trait_columns
-from emtrait.errors import DataError
-
-
-def final_drift(cubes: list, trait_set: str):
-    """One row per run (model, dataset, seed): drift at the dataset's final step.
-
-    A run without that step (stopped early) contributes its last measured step; `fallback`
-    marks those rows so the count is reported, not hidden.
-    """
-    import pandas as pd
-
-    frames, traits_ref = [], None
-    for ds in cubes:
-        cp = checkpoints(ds)
-        traits, x = trait_columns(cp, trait_set)
-        if traits_ref is None:
-            traits_ref = traits
-        elif traits != traits_ref:
-            raise DataError(f"cube of model {ds.attrs['model']} has {trait_set} traits {traits}, "
-                            f"other cubes {traits_ref}; extract all models with one trait file")
-        rows = cp.rows.assign(**{t: x[:, i] for i, t in enumerate(traits)})
-        last = rows.sort_values("step").groupby(["model", "dataset", "seed"]).tail(1)
-        last = last.assign(fallback=~last["final"].values)
-        frames.append(last)
-    out = pd.concat(frames, ignore_index=True).sort_values(["model", "dataset", "seed"])
-    return out.reset_index(drop=True), list(traits_ref)
-
-
-def pca(x: np.ndarray) -> dict:
-    """Centred PCA by SVD: explained-variance ratios, components (k, dim), mean."""
-    if len(x) < 2:
-        raise DataError(f"PCA needs at least two final drift vectors, got {len(x)}; add runs")
-    mean = x.mean(axis=0)
-    _, s, vt = np.linalg.svd(x - mean, full_matrices=False)
-    var = s**2
-    total = var.sum()
-    ratio = var / total if total > 0 else np.full_like(var, np.nan)
-    return {"explained_variance_ratio": ratio, "components": vt, "mean": mean}
+from emtrait.cube.read import checkpoints, final_drift, trait_columns
+from emtrait.drift import pca
 
 
 def orient(axis: np.ndarray, reference: np.ndarray) -> np.ndarray:

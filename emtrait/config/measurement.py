@@ -18,7 +18,8 @@ class MeasurementConfig(Section):
         "to a YAML/JSONL prompt list.",
     )
     layers: Literal["chosen", "candidates"] = Field(
-        "chosen", description="Store activations at l* only, or at every candidate layer."
+        "candidates", description="Measure at every candidate layer (one forward cut after the "
+        "deepest; the cube and `emtrait monitor layers` compare them) or at l* only."
     )
     batch_size: int = Field(16, ge=1, description="Prompts per measurement forward pass.")
     prefix_cache: bool = Field(

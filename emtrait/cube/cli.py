@@ -18,7 +18,8 @@ def merge(
                                   "checkpoint of every run (omit all: an unlabelled cube)."),
     out: Path = typer.Option(..., "--out", help="results/cube/M.zarr"),
 ) -> None:
-    """Merge a model's run stores (and behaviour labels) into one Zarr cube.
+    """Merge a model's run stores (and behaviour labels) into one Zarr cube, every measured
+    layer on its `layer` dimension (`--out` becomes a link to the store beside it).
 
     Open it with: xr.open_zarr("results/cube/M.zarr", consolidated=False)
     """
@@ -26,9 +27,9 @@ def merge(
     from emtrait.cube.merge import merge_runs, write_cube
 
     cfg = load_config(config)
-    cube = merge_runs(cfg, model, run, em)
+    cube = merge_runs(cfg, model, run, em, all_layers=True)
     write_cube(cube, out)
     labelled = "labelled" if em else "unlabelled (no --em given)"
     typer.echo(f"{out}: {cube.sizes['dataset']} datasets × {cube.sizes['seed']} seeds × "
                f"{cube.sizes['step']} steps × {cube.sizes['trait']} traits, {labelled}, "
-               f"layer {cube.attrs['layer']}")
+               f"layers {[int(x) for x in cube['layer'].values]} (l* = {cube.attrs['layer']})")

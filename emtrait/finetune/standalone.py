@@ -75,7 +75,8 @@ def measure_checkpoints(cfg: Config, model_name: str, *, pointer: str | Path,
             store.append(step_dataset(
                 step, probe.measure(model), traits=directions.traits,
                 trait_sets=directions.trait_sets, prompt_categories=[p.category for p in prompts],
-                directions=directions.at(directions.layer)), attrs)
+                directions=directions.at(directions.layer),
+                layer_directions=directions.stack(probe.layers)), attrs)
             if kind == "adapter":
                 base = model.unload()  # the base model without the LoRA layers, for the next one
             del model

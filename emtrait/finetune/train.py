@@ -214,7 +214,8 @@ def run_finetune(cfg: Config, model_name: str, dataset: str, seed: int, *, point
         saves = _AdapterSaver(paths, training.method, tok)
         attrs = _store_attrs(cfg, model_name, dataset, seed, directions, layers, prompts, steps)
         recorder = _recorder(run_probe(cfg, tok, directions, prompts, texts, layers), attrs,
-                             directions, prompts, training.keep_activations, paths, steps, saves)
+                             directions, layers, prompts, training.keep_activations, paths,
+                             steps, saves)
         cbs.insert(0, recorder)
     trainer = Trainer(model=model, args=args, train_dataset=ChatDataset(items),
                       data_collator=RightPadCollator(tok.pad_token_id), callbacks=cbs)
@@ -235,16 +236,16 @@ def run_finetune(cfg: Config, model_name: str, dataset: str, seed: int, *, point
     return _finish(paths, trainer.state.log_history, timing, wall, recorder.record.attrs, steps)
 
 
-def _recorder(probe: Any, attrs: dict[str, Any], directions: Directions,
+def _recorder(probe: Any, attrs: dict[str, Any], directions: Directions, layers: list[int],
               prompts: list[EvalPrompt], keep_activations: str, paths: RunPaths,
               steps: list[int], saves: _AdapterSaver) -> MonitorCallback:
-    """The one TrainerCallback, record-only: the probe's readings at step 0 and every checkpoint
-    into the run store, the adapters saved before each."""
+    """The one TrainerCallback, record-only: the probe's readings (at every measured layer) at
+    step 0 and every checkpoint into the run store, the adapters saved before each."""
     from emtrait.live.callback import MonitorCallback, RunRecord
 
     record = RunRecord(attrs=attrs, prompt_categories=[p.category for p in prompts],
                        trait_sets=directions.trait_sets, directions=directions.at(directions.layer),
-                       keep_activations=keep_activations)
+                       keep_activations=keep_activations, layer_directions=directions.stack(layers))
     return MonitorCallback.recording(probe, record, store=paths.live_store, steps=steps,
                                      before_reading=saves)
 

@@ -69,6 +69,7 @@ class RunRecord:
     trait_sets: list[str]  # (trait,)
     directions: np.ndarray  # (trait, hidden) unit directions at l*
     keep_activations: str = "all"
+    layer_directions: np.ndarray | None = None  # (layer, trait, hidden) at every measured layer
 
     def row(self, traits: list[str], step: int, m: Measurement, loss: float) -> xr.Dataset:
         """One step of the run store, through the workflow's `step_dataset`."""
@@ -76,7 +77,8 @@ class RunRecord:
 
         return step_dataset(step, m, traits=traits, prompt_categories=self.prompt_categories,
                             loss=loss, trait_sets=self.trait_sets, directions=self.directions,
-                            keep_activation=not (self.keep_activations == "step0" and step > 0))
+                            keep_activation=not (self.keep_activations == "step0" and step > 0),
+                            layer_directions=self.layer_directions)
 
 
 def reading_logs(reading: Reading) -> dict[str, float]:

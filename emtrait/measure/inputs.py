@@ -12,6 +12,7 @@ at any extra measured layer.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +42,12 @@ class Directions:
     def at(self, layer: int) -> np.ndarray:
         """(trait, hidden) directions at one block."""
         return self.vectors[:, self.layers.index(layer), :]
+
+    def stack(self, layers: Sequence[int]) -> np.ndarray:
+        """(layer, trait, hidden) directions at the given blocks, in their order."""
+        import numpy as np
+
+        return np.stack([self.at(layer) for layer in layers])
 
 
 def read_directions(path: str | Path) -> Directions:

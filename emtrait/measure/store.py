@@ -32,12 +32,15 @@ if TYPE_CHECKING:
 def step_dataset(step: int, m: Measurement, *, traits: Sequence[str],
                  prompt_categories: Sequence[str], loss: float = float("nan"),
                  trait_sets: Sequence[str] | None = None, directions: np.ndarray | None = None,
-                 keep_activation: bool = True) -> xr.Dataset:
+                 keep_activation: bool = True,
+                 layer_directions: np.ndarray | None = None) -> xr.Dataset:
     """One step of the run store from a probe's Measurement (normalised columns: `append`).
 
     `directions` (trait, hidden), the unit directions at l*, are stored as `direction` so later
     stages need not reopen the traits output. `keep_activation=False` stores NaN activations
-    (all-NaN chunks are not written: long runs keep only step 0's).
+    (all-NaN chunks are not written: long runs keep only step 0's). `layer_directions`
+    (layer, trait, hidden), the directions at every measured layer, are stored as
+    `direction_layers` when the probe measured more than l* (the cube merges them).
     """
     import numpy as np
     import xarray as xr
@@ -64,6 +67,9 @@ def step_dataset(step: int, m: Measurement, *, traits: Sequence[str],
         coords["layer"] = list(m.layers)
         data["activation_layers"] = (("step", "layer", "prompt", "hidden"), layer_acts[None])
         data["projection_layers"] = (("step", "layer", "trait"), m.projection_layers[None])
+        if layer_directions is not None:
+            data["direction_layers"] = (("layer", "trait", "hidden"),
+                                        np.asarray(layer_directions, dtype=np.float32))
     return xr.Dataset(data, coords=coords)
 
 

@@ -106,6 +106,39 @@ def evaluate_command(
                    f"permutations, resolution {r.p_resolution:.3g})")
 
 
+@app.command("layers")
+def layers_command(
+    config: Path = CONFIG,
+    model: str = MODEL,
+    cube: Path = CUBE,
+    out: Path = typer.Option(..., "--out", help="layers.csv to write: per measured layer and "
+                             "protocol, the monitor's FNR/FPR/AUROC, intervals, permutation p "
+                             "and the PC1 share."),
+) -> None:
+    """Which layer monitors best: the monitor's fit and validation at every measured layer.
+
+    The shipped monitor stays at l*; this table answers whether another layer does better."""
+    from emtrait.config import load_config
+    from emtrait.cube.read import open_cube
+    from emtrait.monitor.layers import better_layers, compare_layers
+
+    cfg = load_config(config)
+    ds = open_cube(cube, load=False, all_layers=True)
+    _check_model(ds, model, cube)
+    heldout = [d for d, e in cfg.datasets.items() if e.role == "heldout"]
+    table = compare_layers(ds, cfg, heldout)
+    _csv(table, out)
+    for r in table.itertuples():
+        star = " (l*)" if r.chosen else ""
+        typer.echo(f"layer {r.layer}{star} {r.protocol:>8}: AUROC {r.auroc:.3f} "
+                   f"[{r.auroc_lo:.3f}, {r.auroc_hi:.3f}] p = {r.auroc_p:.3g}, FNR {r.fnr:.3f}, "
+                   f"FPR {r.fpr:.3f}, PC1 share {r.pc1_explained:.3f}")
+    for b in better_layers(table):
+        typer.echo(f"layer {b['layer']} beats l* = {b['chosen_layer']} beyond its interval "
+                   f"({b['protocol']} AUROC lower bound {b['auroc_lo']:.3f} > "
+                   f"{b['chosen_auroc_hi']:.3f})")
+
+
 @app.command("score")
 def score(
     monitor: Path = typer.Option(..., "--monitor", help="monitor.skops from `monitor fit`."),

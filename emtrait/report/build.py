@@ -15,6 +15,7 @@ import numpy as np
 from emtrait.errors import StoreError
 from emtrait.monitor.metrics import interval_method
 from emtrait.report import FIGURES, PAPER
+from emtrait.report.layers import layer_question_section
 
 
 @dataclass
@@ -38,6 +39,7 @@ class Inputs:
     permutations: int = 0  # monitor.permutations
     permutation_null: object = None  # DataFrame of permutation_null.csv (all models)
     layer_selection: list = field(default_factory=list)  # layer_selection.json per model
+    layers: object = None  # DataFrame of layers.csv (`emtrait monitor layers`, all models)
     variants: list = field(default_factory=list)  # training variants (their own stress report)
 
 
@@ -65,7 +67,7 @@ def direction_cosines(cube):
 def load_inputs(cfg, *, pca: Path, final: Path, trajectories: Path, predictions: list[Path],
                 metrics: list[Path], alarms: list[Path], selection: list[Path],
                 stress: list[Path], cubes: list[Path], permutation_null: list[Path] = (),
-                layer_selection: list[Path] = ()) -> Inputs:
+                layer_selection: list[Path] = (), layers: list[Path] = ()) -> Inputs:
     """Read every report input from the files the rule names (frames concatenated)."""
     import pandas as pd
 
@@ -90,6 +92,7 @@ def load_inputs(cfg, *, pca: Path, final: Path, trajectories: Path, predictions:
         bootstrap=cfg.monitor.bootstrap, seed=cfg.monitor.seed, step0=cfg.monitor.step0,
         permutations=cfg.monitor.permutations, permutation_null=cat(permutation_null),
         layer_selection=[json.loads(Path(p).read_text()) for p in layer_selection],
+        layers=cat(layers),
     )
 
 
@@ -138,6 +141,7 @@ def figures(inp: Inputs, pooled) -> dict:
         "spearman_matrix": lambda: F.spearman_matrix(inp.trajectories, traits, labels),
         "permutation_null": lambda: F.permutation_null(inp.permutation_null,
                                                        headline_metrics(inp)),
+        "layer_comparison": lambda: F.layer_comparison(inp.layers, inp.layer_selection),
     }
     if set(made) != set(FIGURES):  # an internal invariant, kept true by tests
         raise RuntimeError(f"FIGURES and the figure table disagree: {set(made) ^ set(FIGURES)}")
@@ -424,6 +428,7 @@ def summary_markdown(inp: Inputs, pooled) -> str:
     lines += step0_section(inp, pooled)
     lines += label_sanity_section(inp, sanity)
     lines += layer_selection_section(inp)
+    lines += layer_question_section(inp.layers, inp.layer_selection)
     lines += ablation_section(inp, pooled)
     lines += alarm_section(inp)
     lines += stress_section(inp)

@@ -32,6 +32,8 @@ def build_command(
     layer_selection: list[Path] = typer.Option(
         [], "--layer-selection", help="layer_selection.json of `emtrait traits extract`; "
         "repeat per model."),
+    layers: list[Path] = typer.Option(
+        [], "--layers", help="layers.csv of `emtrait monitor layers`; repeat per model."),
     screen: list[Path] = typer.Option([], "--screen", help="Screen summary JSON of `emtrait "
                                       "screen` (results/screen/M/D.json); repeat per model and "
                                       "dataset."),
@@ -57,7 +59,8 @@ def build_command(
     inp = load_inputs(cfg, pca=pca, final=final, trajectories=trajectories,
                       predictions=predictions, metrics=metrics, alarms=alarms,
                       selection=selection, stress=stress, cubes=cube,
-                      permutation_null=permutation_null, layer_selection=layer_selection)
+                      permutation_null=permutation_null, layer_selection=layer_selection,
+                      layers=layers)
     sections = ""
     if screen:
         from emtrait.report.screen import screen_section

@@ -289,3 +289,45 @@ def permutation_null(null, metrics):
     fig.suptitle("Chance baseline: monitor AUROC with run labels permuted (refit each time)",
                  fontsize=9)
     return fig
+
+
+def layer_comparison(layers, selection: list | None = None):
+    """Per model: the monitor's AUROC (run-level interval) at every measured layer, LOPO and
+    held-out, l* marked; beside it the PC1 share of each layer's calibration final drift."""
+    if layers is None or not len(layers):
+        return empty_figure("no layer comparison (rule monitor_layers not run)")
+    chosen_by = {s["model"]: s for s in selection or []}
+    models = list(dict.fromkeys(layers.model))
+    fig, axes = new_figure(len(models), 2, w=3.8, h=3.0)
+    colors = {"lopo": "#2e86c1", "heldout": "#c0392b"}
+    for (ax, pc_ax), model in zip(axes, models, strict=True):
+        sub = layers[layers.model == model].sort_values("layer")
+        order = [int(x) for x in dict.fromkeys(sub.layer)]
+        pos = {la: i for i, la in enumerate(order)}
+        for k, (protocol, g) in enumerate(sub.groupby("protocol", sort=True)):
+            x = np.array([pos[int(la)] for la in g.layer]) + (k - 0.5) * 0.2
+            lo = np.clip(g.auroc.values - g.auroc_lo.values, 0, None)
+            hi = np.clip(g.auroc_hi.values - g.auroc.values, 0, None)
+            ax.errorbar(x, g.auroc, yerr=np.nan_to_num(np.vstack([lo, hi])), fmt="o",
+                        capsize=3, color=colors.get(protocol, "#7f8c8d"), label=protocol)
+        star = sub[sub.chosen.astype(bool)].layer
+        if len(star):
+            for a in (ax, pc_ax):
+                a.axvline(pos[int(star.iloc[0])], color="#7f8c8d", ls="--", lw=1)
+        ax.axhline(0.5, color="#bdc3c7", lw=1)
+        ax.set_xticks(range(len(order)), [str(la) for la in order])
+        ax.set_xlim(-0.5, len(order) - 0.5)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("block (dashed: l*)")
+        ax.set_ylabel("monitor AUROC")
+        how = chosen_by.get(model, {}).get("selector", "?")
+        ax.set_title(f"{model}: AUROC per layer (l* by {how})", fontsize=8)
+        ax.legend(fontsize=7, loc="lower right")
+        pc1 = sub.drop_duplicates("layer")
+        pc_ax.bar([pos[int(la)] for la in pc1.layer], pc1.pc1_explained, color="#95a5a6")
+        pc_ax.set_xticks(range(len(order)), [str(la) for la in order])
+        pc_ax.set_ylim(0, 1)
+        pc_ax.set_xlabel("block")
+        pc_ax.set_title("PC1 share of calibration final drift", fontsize=8)
+    fig.suptitle("Which layer monitors best (intervals: run-level bootstrap)", fontsize=9)
+    return fig

@@ -50,5 +50,26 @@ rule monitor_evaluate:
         "emtrait monitor evaluate --config {params.config} --model {wildcards.model} --cube {input.cube} --monitor {input.monitor} --predictions {output.predictions} --metrics {output.metrics} --alarms {output.alarms} --permutation-null {output.permutation_null} > {log} 2>&1"
 
 
+rule monitor_layers:
+    """The monitor's fit and validation at every measured layer: which layer monitors best."""
+    input:
+        cube=cube("{model}"),
+    output:
+        layers=f"{MONITOR}/layers.csv",
+    log:
+        "logs/monitor/{model}/layers.log",
+    params:
+        config=config_file,
+        monitor=CFG.monitor.model_dump_json(),
+        traits=CFG.traits.model_dump_json(include={"monitor_set"}),
+        roles={d: CFG.dataset(d).role for d in DATASETS},
+    resources:
+        mem_mb=8000,
+    conda:
+        "../../envs/emtrait.yaml"
+    shell:
+        "emtrait monitor layers --config {params.config} --model {wildcards.model} --cube {input.cube} --out {output.layers} > {log} 2>&1"
+
+
 FINAL_OUTPUTS.extend(MONITOR_FILE.format(model=m) for m in MODELS)
 FINAL_OUTPUTS.extend(MONITOR_METRICS.format(model=m) for m in MODELS)

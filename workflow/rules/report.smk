@@ -15,6 +15,7 @@ rule report:
         alarms=[f"{MONITOR}/alarms.csv".format(model=m) for m in MODELS],
         selection=[f"{MONITOR}/selection.csv".format(model=m) for m in MODELS],
         permutation_null=[f"{MONITOR}/permutation_null.csv".format(model=m) for m in MODELS],
+        layers=[f"{MONITOR}/layers.csv".format(model=m) for m in MODELS],
         layer_selection=[f"results/traits/{m}/layer_selection.json" for m in MODELS],
         stress=[f"{transfer_dir(m)}/metrics.csv" for m in STRESS_MODELS],
         cube=[cube(m) for m in MODELS],
@@ -43,7 +44,8 @@ rule report:
         tables=lambda wildcards, input: " ".join(
             f"--{key.replace('_', '-')} {path}"
             for key in ("predictions", "metrics", "alarms", "selection", "stress", "cube",
-                        "permutation_null", "layer_selection", "screen") for path in input[key]
+                        "permutation_null", "layer_selection", "layers", "screen")
+            for path in input[key]
         ),
         figures=lambda wildcards, output: " ".join(f"--figure {p}" for p in output.png + output.svg),
         screen_out=lambda wildcards, output: " ".join(

@@ -28,14 +28,23 @@ def check(config: Path = typer.Argument(..., help="Config YAML to validate.")) -
     """Validate a config (as the whole workflow would run it) and print the runs and checkpoint
     steps it plans."""
     from emtrait.config import workflow_problems
+    from emtrait.config.datasets import size_note
     from emtrait.errors import ConfigError
 
     cfg = load_config(config)
     problems = workflow_problems(cfg)
+    sizes = {}
+    for name, entry in cfg.datasets.items():  # every file smaller than its n, before the plan
+        try:
+            sizes[name] = size_note(entry, name)
+        except ConfigError as e:
+            problems.append(str(e))
     if problems:
         raise ConfigError(f"{config}: the whole workflow cannot run on this config:\n  - "
                           + "\n  - ".join(problems))
     typer.echo(f"{config}: valid (hash {cfg.hash()})")
+    for name, note in sizes.items():
+        typer.echo(f"  dataset {name}: {note}")
     for model in cfg.models:
         for dataset in cfg.datasets:
             seeds = cfg.training_for(model).seeds

@@ -186,6 +186,10 @@ def choose(total: int, n: int, seed: int, select: str, where: str, name: str) ->
 
 
 # ---------------------------------------------------------------------------------------------
+# sizes known before reading (the checkpoint plan and `emtrait config check`)
+# ---------------------------------------------------------------------------------------------
+
+# ---------------------------------------------------------------------------------------------
 # sources
 # ---------------------------------------------------------------------------------------------
 
@@ -358,8 +362,9 @@ def read_dataset(entry: DatasetEntry, name: str, path: str | os.PathLike | None 
 
 
 
-def count_rows(entry: DatasetEntry, name: str) -> int:
-    """Rows in an entry's local table/folder or hub source (so a reader can take all of them)."""
+def source_rows(entry: DatasetEntry, name: str) -> int:
+    """Rows in an entry's local table/folder or hub source, by reading it (so a reader can take
+    all of them; `emtrait.config.datasets.count_rows` is the cheap count of a local file)."""
     if entry.hub is not None:
         ds = _load_hub(entry.model_copy(update={"select": "seeded"}), name)
     else:

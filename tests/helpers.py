@@ -243,15 +243,19 @@ def adapter_tensors(folder: Path) -> dict[str, np.ndarray]:
 
 
 def paper_workdir(root: Path) -> Path:
-    """A work folder holding one-row stand-ins for config/paper.yaml's user-provided files
-    (dataset files and question files; hub datasets are not needed to plan)."""
+    """A work folder holding stand-ins for config/paper.yaml's user-provided files (dataset
+    files of `n` one-line rows: the plan checks a file's row count; question files; hub datasets
+    are not needed to plan)."""
+    from emtrait.config import DatasetEntry
+
     cfg = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
     row = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
     for entry in cfg["datasets"].values():
         if entry.get("path"):
             path = root / entry["path"]
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(row) + "\n")
+            n = entry.get("n", DatasetEntry.model_fields["n"].default)
+            path.write_text((json.dumps(row) + "\n") * n)
     for q in cfg["behavior"]["questions"]:
         (root / q).parent.mkdir(parents=True, exist_ok=True)
         (root / q).write_text("[]\n")

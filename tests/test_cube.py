@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import yaml
 from helpers import REPO, make_inputs, open_store, run
-from synthetic import synthetic_cube, synthetic_layer_cube
+from synthetic import DEFAULT_DATASETS, synthetic_cube, synthetic_layer_cube
 
 from emtrait.config import from_dict
 from emtrait.errors import StoreError
@@ -394,3 +394,56 @@ def test_merge_rule_leaves_the_store_clean_and_reruns_on_new_labels(tmp_path):
     sm("--cores", "1")
     assert cube.is_symlink() and not (cube.resolve() / ".snakemake_timestamp").exists()
     assert planned_jobs(sm("-n").stdout) == {}
+
+
+def test_the_monitor_fitted_on_the_calibration_cube_is_the_one_of_the_whole_cube(tmp_path):
+    """Rule monitor_fit reads the calibration runs' cube only (rule merge_calibration_cube), so
+    that adding a held-out or stress dataset leaves the fit alone: the monitor must be the one
+    fitted on the whole cube, even when other datasets' runs are longer (more steps)."""
+    from emtrait.cube.merge import merge_runs
+    from emtrait.monitor.evaluate import fit_monitor
+
+    source = synthetic_cube(seeds=(42,), steps=(0, 5, 10, 15, 20), nan_em=2,
+                            short={"bad_medical": 15, "good_medical": 15, "insecure_code": 15,
+                                   "arithmetic": 10})
+    raw = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    raw["models"] = {"toy": {"source": "synthetic", "candidate_layers": [1, 2]}}
+    raw["datasets"] = {d: {"path": f"{d}.jsonl", "label": label, "role": role}
+                       for d, label, role in DEFAULT_DATASETS}
+    raw["monitor"] = {"regressors": ["ridge"], "include_step": True}
+    cfg = from_dict(raw)
+    inputs: dict[str, tuple[list, list]] = {}
+    for d, _, role in DEFAULT_DATASETS:
+        for s in source.seed.values:
+            r = run_store(source, d, int(s))
+            r = r.sel(step=[t for t in r.step.values if np.isfinite(r.drift.sel(step=t)).all()])
+            store = tmp_path / d / f"seed{s}" / "measure.zarr"
+            write_store(r, store)
+            em = []
+            for t in r.step.values:
+                f = store.parent / f"step-{t}.json"
+                rate = float(source.em_rate.sel(dataset=d, seed=s, step=t))
+                f.write_text(json.dumps({"model": "toy", "dataset": d, "seed": int(s),
+                                         "step": int(t), "em_rate": None if np.isnan(rate)
+                                         else rate, "em_low": 0.0, "em_high": 1.0}))
+                em.append(f)
+            for part in ("all", role):
+                stores, labels = inputs.setdefault(part, ([], []))
+                stores.append(store)
+                labels.extend(em)
+    whole = merge_runs(cfg, "toy", *inputs["all"])
+    calibration = merge_runs(cfg, "toy", *inputs["calibration"])
+    assert whole.sizes["step"] == 5 and calibration.sizes["step"] == 4  # stress/held-out: step 20
+    assert set(calibration.role.values) == {"calibration"}
+
+    (mon_whole, table_whole), (mon_cal, table_cal) = (fit_monitor(c, cfg)
+                                                      for c in (whole, calibration))
+    assert mon_cal.meta == mon_whole.meta
+    assert table_cal == table_whole
+    np.testing.assert_array_equal(mon_cal.directions, mon_whole.directions)
+    drift = whole.drift.sel(trait=mon_whole.traits).stack(row=("dataset", "seed", "step"))
+    x = np.nan_to_num(drift.transpose("row", "trait").values)
+    steps = drift.step.values
+    for key, value in mon_whole.predict(x, steps).columns().items():
+        np.testing.assert_array_equal(mon_cal.predict(x, steps).columns()[key], value,
+                                      err_msg=key)

@@ -218,6 +218,82 @@ def test_unreachable_hub_fails_fast_naming_the_fix(monkeypatch):
         assert part in str(err.value)
 
 
+# ---------------------------------------------------------------------------------------------
+# sizes known before reading: the checkpoint plan and `emtrait config check`
+# ---------------------------------------------------------------------------------------------
+
+# source -> whether its rows are counted without reading it (JSONL lines, parquet metadata)
+COUNTED = {"jsonl": True, "parquet": True, "csv": False, "json": False, "disk": False}
+
+
+@pytest.mark.parametrize("source", COUNTED)
+def test_row_count_known_before_reading_is_what_the_reader_finds(source, tmp_path):
+    from emtrait.config.datasets import count_rows
+
+    path, extra = write(source, [FORMATS["prompt_completion"][0](i) for i in range(ROWS)],
+                        tmp_path)
+    if source == "jsonl":  # blank lines are no rows, for the reader nor the count
+        Path(path).write_text(Path(path).read_text() + "\n  \n")
+    assert count_rows(path) == (ROWS if COUNTED[source] else None)
+    entry = from_dict(config(path, extra, n=ROWS)).dataset("d")
+    assert len(read_dataset(entry, "d").chats) == ROWS
+
+
+def plan_config(tmp_path, n: int | None) -> dict:
+    """Two calibration built-ins and a held-out parquet of 20 rows (`n` unset: the default)."""
+    path, _ = write("parquet", [FORMATS["messages"][0](i) for i in range(20)], tmp_path)
+    new = {"path": path, "label": "benign", "role": "heldout", **({"n": n} if n else {})}
+    return {"models": {"m": {"source": "x", "candidate_layers": [1]}},
+            "training": {"batch_size": 4, "grad_accum": 1, "epochs": 1, "checkpoint_every": 2},
+            "datasets": {"bad_medical": {"builtin": "bad_medical", "label": "dangerous",
+                                         "role": "calibration", "n": 8},
+                         "good_medical": {"builtin": "good_medical", "label": "benign",
+                                          "role": "calibration", "n": 8},
+                         "gsm8k": {"hub": "openai/gsm8k", "config": "main", "label": "benign",
+                                   "role": "heldout", "n": 8},
+                         "new": new}}
+
+
+@pytest.mark.parametrize("n, message", [
+    (None, ["datasets.new: n is 1000 (the default", "has 20 rows", "set `n: 20` (or fewer)"]),
+    (21, ["datasets.new: n is 21 but", "data.parquet has 20 rows", "set `n: 20`"]),
+])
+def test_a_file_smaller_than_its_n_fails_the_plan_and_config_check(n, message, tmp_path):
+    """The plan would count checkpoints of examples that do not exist (the issue: 64
+    checkpoints planned for a 48-row file); the plan and `config check` refuse it instead."""
+    from typer.testing import CliRunner
+
+    from emtrait.cli import app
+
+    raw = plan_config(tmp_path, n)
+    with pytest.raises(ConfigError) as err:
+        from_dict(raw).steps("m", "new")
+    for part in message:
+        assert part in str(err.value), str(err.value)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    res = CliRunner().invoke(app, ["config", "check", str(path)])
+    assert isinstance(res.exception, ConfigError), res.output
+    assert all(part in str(res.exception) for part in message), str(res.exception)
+
+
+def test_config_check_plans_from_the_real_size_and_says_what_it_assumes(tmp_path):
+    from typer.testing import CliRunner
+
+    from emtrait.cli import app
+
+    raw = plan_config(tmp_path, 20)
+    assert from_dict(raw).steps("m", "new") == [0, 2, 4, 5]  # 20 rows / batch 4: 5 updates
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    res = CliRunner().invoke(app, ["config", "check", str(path)])
+    assert res.exit_code == 0, res.output
+    assert "dataset new: " in res.output and "data.parquet: 20 rows, n = 20 used" in res.output
+    assert "hub dataset openai/gsm8k: size not known before download; assumes at least n = 8 " \
+        "rows" in res.output, res.output
+    assert "built-in generator bad_medical: makes exactly n = 8" in res.output
+
+
 @pytest.mark.slow
 def test_offline_mode_cli_says_the_dataset_is_not_cached(tmp_path):
     path = tmp_path / "c.yaml"

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+import os
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from emtrait.config.base import Section
+from emtrait.errors import ConfigError
 from emtrait.registry import GENERATORS
 
 
@@ -82,3 +86,58 @@ class DatasetEntry(Section):
         if self.builtin is not None and self.columns is not None:
             raise ValueError("'columns' does not apply to a 'builtin' generator")
         return self
+
+
+# Dataset sizes, where cheap to know: the checkpoint plan (Config.steps) and `config check`
+# read them, so a file smaller than its `n` fails before the first finetune.
+COUNTED_SUFFIXES = (".jsonl", ".parquet")  # row counts cheap to know: lines, parquet metadata
+
+
+@functools.lru_cache(maxsize=256)
+def _count_rows(path: str, size: int, mtime_ns: int) -> int:
+    if path.lower().endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        return int(pq.ParquetFile(path).metadata.num_rows)
+    with open(path, "rb") as f:  # iter_jsonl's rows: the non-blank lines
+        return sum(1 for line in f if line.strip())
+
+
+def count_rows(path: str | os.PathLike) -> int | None:
+    """Rows of a local .jsonl or .parquet file without parsing them (None for other sources:
+    a .json/.csv file or a save_to_disk folder is counted only by reading it). Cached per file
+    version: the workflow plans every run from it."""
+    p = Path(path)
+    if p.suffix.lower() not in COUNTED_SUFFIXES or not p.is_file():
+        return None
+    st = p.stat()
+    return _count_rows(str(p), st.st_size, st.st_mtime_ns)
+
+
+def planned_n(entry: DatasetEntry, name: str) -> int:
+    """The examples a run of dataset `name` uses (`n`), checked against the file's real row
+    count where that is cheap to know; the checkpoint plan is computed from it."""
+    rows = None if entry.path is None else count_rows(entry.path)
+    if rows is not None and rows < entry.n:
+        default = " (the default: the entry sets none)" \
+            if entry.n == type(entry).model_fields["n"].default else ""
+        raise ConfigError(
+            f"datasets.{name}: n is {entry.n}{default} but {entry.path} has {rows} rows, so the "
+            f"checkpoint plan would count examples that do not exist; set `n: {rows}` (or "
+            "fewer) in the entry, or add rows to the file")
+    return entry.n
+
+
+def size_note(entry: DatasetEntry, name: str) -> str:
+    """How `emtrait config check` knows the dataset's size (or what it assumes)."""
+    if entry.builtin is not None:
+        return f"built-in generator {entry.builtin}: makes exactly n = {entry.n}"
+    if entry.hub is not None:
+        return (f"hub dataset {entry.hub}: size not known before download; assumes at least "
+                f"n = {entry.n} rows (`emtrait prepare dataset` checks)")
+    rows = count_rows(entry.path)
+    if rows is None:
+        what = "missing" if not Path(entry.path).exists() else "not counted before reading"
+        return (f"{entry.path}: {what}; assumes at least n = {entry.n} rows "
+                "(`emtrait prepare dataset` checks)")
+    return f"{entry.path}: {rows} rows, n = {planned_n(entry, name)} used"

@@ -193,8 +193,12 @@ class Config(Section):
             raise config_error(e, prefix=prefix) from None
 
     def steps(self, model: str, dataset: str, variant: str | None = None) -> list[int]:
-        """Checkpoint steps of the runs of `model` on `dataset` (in a variant)."""
-        return checkpoint_steps(self.dataset(dataset).n, self.training_for(model, variant))
+        """Checkpoint steps of the runs of `model` on `dataset` (in a variant); `n` is checked
+        against a local file's row count first (`emtrait.config.datasets.planned_n`)."""
+        from emtrait.config.datasets import planned_n
+
+        n = planned_n(self.dataset(dataset), dataset)
+        return checkpoint_steps(n, self.training_for(model, variant))
 
     def with_variant(self, variant: str) -> Config:
         """This config as a variant's runs see it: the variant's training overrides folded into

@@ -41,7 +41,7 @@ def read_examples(data: Any, *, columns: dict[str, str] | None = None, split: st
     Trainer gets them): each row is read by the same converter as a file's.
     """
     from emtrait.config import ColumnMap, DatasetEntry
-    from emtrait.datasets import count_rows, read_dataset, to_chat
+    from emtrait.datasets import read_dataset, source_rows, to_chat
     from emtrait.screen.core import iter_examples
 
     mapping = ColumnMap(**columns) if columns else None
@@ -59,7 +59,7 @@ def read_examples(data: Any, *, columns: dict[str, str] | None = None, split: st
     else:
         raise DataError(f"--data {data}: no such file or folder (nor a hub id owner/name); pass "
                         "a .jsonl/.json/.csv/.parquet file, a save_to_disk folder or a hub id")
-    entry = entry.model_copy(update={"n": count_rows(entry, "data")})
+    entry = entry.model_copy(update={"n": source_rows(entry, "data")})
     chats = read_dataset(entry, "data").chats
     return chats, file_sha256(p) if p.is_file() else None
 

@@ -100,6 +100,11 @@ def behavior_dir(model, dataset, seed, step):
     return f"results/behavior/{model}/{dataset}/seed{seed}/step-{step}"
 
 
+def calibration_cube(model):
+    """The model's calibration runs only: what its monitor is fitted on (rule monitor_fit)."""
+    return f"results/cube/{model}.calibration.zarr"
+
+
 def cube(model):
     return f"results/cube/{model}.zarr"
 

@@ -6,9 +6,12 @@ MONITOR_FILE = "results/monitor/{model}/monitor.skops"
 MONITOR_METRICS = "results/monitor/{model}/metrics.csv"
 
 
+# The fit reads the calibration cube only (cube.smk): held-out and stress datasets feed the
+# evaluation and the report, never the monitor, so adding one reruns neither the fit nor the
+# screens that read the monitor's danger axis.
 rule monitor_fit:
     input:
-        cube=cube("{model}"),
+        cube=calibration_cube("{model}"),
         pointer=lambda w: model_pointer(w.model),
     output:
         monitor=f"{MONITOR}/monitor.skops",
@@ -17,7 +20,11 @@ rule monitor_fit:
         "logs/monitor/{model}/fit.log",
     params:
         config=config_file,
-        monitor=CFG.monitor.model_dump_json(),
+        # what emtrait.monitor.evaluate.fit_monitor reads (baselines, bootstrap, ... are the
+        # evaluation's and the report's)
+        monitor=CFG.monitor.model_dump_json(
+            include={"regressors", "include_step", "threshold", "alarm_threshold", "seed"}
+        ),
         traits=CFG.traits.model_dump_json(include={"monitor_set"}),
     resources:
         mem_mb=4000,

@@ -179,7 +179,10 @@ rule stress_cube:
     params:
         config=config_file,
         args=stress_cube_args,
-        labels=lambda wc: {d: [CFG.dataset(d).label, CFG.dataset(d).role] for d in DATASETS},
+        # the entries of the variants' datasets only: a held-out dataset added does not rerun it
+        labels=lambda wc: cube_labels(
+            [d for d in DATASETS if d in {d for _, d, _ in variant_runs_of(wc.model)}]
+        ),
         threshold=CFG.behavior.threshold,
     wildcard_constraints:
         model=_alternatives(VARIANT_MODELS) or "(?!)",

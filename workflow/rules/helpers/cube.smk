@@ -2,18 +2,18 @@
 # (snakemake --lint wants rule files free of functions).
 
 
-def cube_run_stores(wildcards):
-    """measure.zarr of every run of the model, in config order."""
-    return [f"{run_dir(wildcards.model, d, s)}/measure.zarr" for d, s in runs_of(wildcards.model)]
+def cube_inputs(model, datasets):
+    """A cube's files: for each run of the model on `datasets`, its measure.zarr and done.json
+    (written last, so the cube waits for whole runs) and every checkpoint's em.json (labels)."""
+    runs = [(d, s) for d, s in runs_of(model) if d in datasets]
+    return {
+        "runs": [f"{run_dir(model, d, s)}/measure.zarr" for d, s in runs],
+        "done": [f"{run_dir(model, d, s)}/done.json" for d, s in runs],
+        "em": [f"{behavior_dir(model, d, s, step)}/em.json"
+               for d, s in runs for step in steps(model, d)],
+    }
 
 
-def cube_run_done(wildcards):
-    """done.json of every run (written last), so the cube waits for whole runs."""
-    return [f"{run_dir(wildcards.model, d, s)}/done.json" for d, s in runs_of(wildcards.model)]
-
-
-def cube_em_files(wildcards):
-    """em.json of every run and checkpoint step of the model: the cube's labels."""
-    m = wildcards.model
-    return [f"{behavior_dir(m, d, s, step)}/em.json"
-            for d, s in runs_of(m) for step in steps(m, d)]
+def cube_labels(datasets):
+    """What a cube reads from the entries of its datasets (label and role coordinates)."""
+    return {d: [CFG.dataset(d).label, CFG.dataset(d).role] for d in datasets}

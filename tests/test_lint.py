@@ -1,4 +1,4 @@
-"""Static checks that are part of the test command: ruff and `snakemake --lint`."""
+"""Static checks that are part of the test command: ruff, `snakemake --lint` and snakefmt."""
 
 from __future__ import annotations
 
@@ -18,3 +18,12 @@ def test_ruff_clean():
 def test_snakemake_lint_clean():
     run = snakemake(REPO, "--lint", check=False, timeout=300)
     assert run.returncode == 0, run.output
+
+
+def test_snakefmt_clean():
+    """The Snakefile and rules files are in snakefmt's style (pyproject [tool.snakefmt]: ruff's
+    line length). Fix with `snakefmt workflow/`."""
+    snakefmt = shutil.which("snakefmt") or f"{sys.prefix}/bin/snakefmt"
+    proc = subprocess.run([snakefmt, "--check", "--diff", str(REPO / "workflow")],
+                          capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]

@@ -21,7 +21,6 @@ import sys
 import zlib
 from pathlib import Path
 
-import yaml
 from helpers import REPO
 
 PUBLIC_MODULES = ["emtrait.live", "emtrait.screen", "emtrait.monitor.artifact"]
@@ -36,13 +35,6 @@ def gen_pages():
     return module
 
 
-def api_filters() -> list[re.Pattern]:
-    """mkdocstrings' member filters from mkdocs.yml: the names the API page leaves out."""
-    text = (REPO / "mkdocs.yml").read_text()
-    options = yaml.safe_load(text)["plugins"][-1]["mkdocstrings"]["handlers"]["python"]["options"]
-    return [re.compile(f[1:]) for f in options["filters"] if f.startswith("!")]
-
-
 def public_objects():
     """(path, griffe object) of every exported name and every public method of an exported
     class, as the API page renders them."""
@@ -50,7 +42,6 @@ def public_objects():
 
     package = griffe.load("emtrait", search_paths=[str(REPO)], resolve_aliases=True,
                           resolve_external=False)
-    hidden = api_filters()
     for module_path in PUBLIC_MODULES:
         module = package[module_path.removeprefix("emtrait.")]
         assert module.exports, f"{module_path} has no __all__: its public API is not stated"
@@ -60,8 +51,10 @@ def public_objects():
             if obj.is_class:
                 for member_name, member in obj.members.items():
                     data = member.is_attribute and "property" not in member.labels
-                    if data or any(p.search(member_name) for p in hidden):
-                        continue  # fields are described in their class's docstring
+                    # fields are described in their class's docstring; __init__ is merged
+                    # into the class (mkdocs.yml: `filters: public`, merge_init_into_class)
+                    if data or member_name.startswith("_") or not member.is_public:
+                        continue
                     yield f"{module_path}.{name}.{member_name}", member
 
 

@@ -1,5 +1,6 @@
-"""Static checks that are part of the test command: ruff, `snakemake --lint`, the import map of
-emtrait/ (import-linter's contracts in pyproject.toml) and no private name across packages."""
+"""Static checks that are part of the test command: ruff, `snakemake --lint`, snakefmt, the
+import map of emtrait/ (import-linter's contracts in pyproject.toml) and no private name across
+packages."""
 
 from __future__ import annotations
 
@@ -62,3 +63,10 @@ def test_no_private_name_crosses_a_package_boundary(tmp_path):
     bad.write_text("from emtrait.modeling import _follow\nfrom emtrait.live.y import _ok\n")
     assert private_imports_across_packages(tmp_path) == [
         "emtrait/live/x.py:1 imports ['_follow'] from emtrait.modeling"]
+def test_snakefmt_clean():
+    """The Snakefile and rules files are in snakefmt's style (pyproject [tool.snakefmt]: ruff's
+    line length). Fix with `snakefmt workflow/`."""
+    snakefmt = shutil.which("snakefmt") or f"{sys.prefix}/bin/snakefmt"
+    proc = subprocess.run([snakefmt, "--check", "--diff", str(REPO / "workflow")],
+                          capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]

@@ -45,7 +45,7 @@ TEST_OVERRIDES = {
 # Stress (the paper's FFT-vs-LoRA and long-run questions): the organism's `fft` and `long`
 # variants of one dangerous and one benign dataset, seed 42 only, scored by the monitor fitted
 # on the LoRA calibration runs (never refitted). EXPECT_ALARM is the known answer: measured on the
-# full config/organism.yaml (both seeds) as the stress report's alarm rates, see README.
+# full config/organism.yaml (both seeds) as the stress report's alarm rates, see docs/stress.md.
 STRESS_VARIANTS = ["fft", "long"]
 EXPECT_ALARM = {"bad_medical": True, "good_medical": False}
 

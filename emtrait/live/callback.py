@@ -186,10 +186,12 @@ class MonitorCallback(TrainerCallback):
             self.record = _monitor_record(self.monitor, self.every, self.on_alarm)
 
     def on_init_end(self, args, state, control, model=None, processing_class=None, **kw):
+        """When the Trainer is built: load the monitor and refuse another base model."""
         self._handler = trainer_handler()
         self._prepare(args, model, processing_class)
 
     def on_train_begin(self, args, state, control, model=None, processing_class=None, **kw):
+        """Read step 0, or continue the run store when the Trainer resumes a checkpoint."""
         self._handler = trainer_handler() or self._handler
         self._prepare(args, model, processing_class)
         # process zero looks, every rank learns the answer: all raise together (no rank is
@@ -208,10 +210,13 @@ class MonitorCallback(TrainerCallback):
     # -- readings -------------------------------------------------------------------------------
 
     def on_step_begin(self, args, state, control, **kw):
+        """Store the previous reading once every log of its step has happened."""
         if any(reading.step > 0 for reading, _ in self._pending):
             self._flush(state)  # every log of the reading's step has happened
 
     def on_step_end(self, args, state, control, model=None, **kw):
+        """Read at the configured steps (record-only mode, saving there) or every `every`
+        updates and at every step that saves; act on an alarm."""
         if self.steps is not None:
             if state.global_step in self.steps:
                 control.should_save = True
@@ -220,10 +225,12 @@ class MonitorCallback(TrainerCallback):
             self._read(args, state, control, model)
 
     def on_log(self, args, state, control, logs=None, **kw):
+        """Store step 0 with the first logged loss."""
         if not self._dispatching and self._stored_step < 0 and logs and "loss" in logs:
             self._flush(state)  # step 0 waits for the first logged loss (the workflow's rule)
 
     def on_save(self, args, state, control, model=None, **kw):
+        """Read at the saved step and put the monitor's state into the checkpoint folder."""
         if not self.readings or self.readings[-1].step != state.global_step:
             self._read(args, state, control, model)  # saves outside on_step_end (epoch ends)
         self._flush(state)
@@ -235,6 +242,7 @@ class MonitorCallback(TrainerCallback):
                 atomic.write_json(folder / STATE_FILE, self._checkpoint_state())
 
     def on_train_end(self, args, state, control, **kw):
+        """Store the last reading."""
         self._flush(state)
 
     def _read(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,

@@ -29,8 +29,14 @@ if TYPE_CHECKING:
     from emtrait.config import Config
     from emtrait.monitor.protocol import Prediction
 
+__all__ = ["FORMAT", "NORM0_POLICY", "VERSION", "ModelMismatchError", "Monitor",
+           "check_fingerprint", "live_meta", "load_monitor", "model_fingerprint", "run_drift",
+           "save_monitor", "stored_model_fingerprint"]
+
 FORMAT = "emtrait-monitor"
+"""The archive's `format` field: what marks a skops file as an emtrait monitor."""
 VERSION = 2
+"""The format version `save_monitor` writes (version-1 files still load for `monitor score`)."""
 # meta keys a format-2 monitor has beyond version 1
 V2_KEYS = ("prompts", "prompt_categories", "system_prompt_method", "no_system_prompt",
            "fingerprint", "norm0_policy", "provenance")
@@ -39,6 +45,7 @@ FINGERPRINT_ROWS = 256
 # Types skops does not trust by default that a monitor's regressors legitimately contain.
 TRUSTED = {"sklearn.tree._tree.Tree"}
 NORM0_POLICY = "mean per-prompt L2 norm of the activation at step 0 of the run being scored"
+"""How drift is normalised (stored in every format-2 monitor as `meta["norm0_policy"]`)."""
 
 
 @dataclass
@@ -52,6 +59,7 @@ class Monitor:
 
     @property
     def traits(self) -> list[str]:
+        """The traits the regressor reads, in the order of `directions`' rows."""
         return list(self.meta["traits"])
 
     def predict(self, drift: np.ndarray, steps: np.ndarray) -> Prediction:

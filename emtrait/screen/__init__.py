@@ -8,7 +8,11 @@ every prepared dataset. The default score is gradient alignment with the monitor
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what the lazy names below are (for type checkers and the API docs)
+    from emtrait.screen.api import screen
+    from emtrait.screen.core import ScreenResult
 
 __all__ = ["ScreenResult", "screen"]
 

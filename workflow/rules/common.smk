@@ -196,10 +196,13 @@ FINAL_OUTPUTS = []
 
 # conda helper (envs/emtrait.post-deploy.sh) -----------------------------------------------------
 def _export_emtrait_src():
-    """With --sdm conda, the env's post-deploy script installs emtrait from this checkout."""
+    """With --sdm conda, the env's post-deploy script installs emtrait from this checkout: the
+    folder above workflow/ that holds these rules (not workflow.basedir, which is the user's own
+    workflow/ when this workflow is used as a module)."""
     import os
 
-    os.environ.setdefault("EMTRAIT_SRC", str(Path(workflow.basedir).parent))
+    rules = Path(workflow.current_basedir.get_path_or_uri(secret_free=True))
+    os.environ.setdefault("EMTRAIT_SRC", str(rules.parents[1]))
 
 
 _export_emtrait_src()

@@ -15,15 +15,15 @@ rule pca:
         trajectories=f"{ANALYSIS}/trajectories.csv",
     log:
         "logs/analysis/pca.log",
+    conda:
+        "../../envs/emtrait.yaml"
+    resources:
+        mem_mb=4000,
     params:
         config=config_file,
         cubes=lambda wildcards, input: " ".join(f"--cube {c}" for c in input.cubes),
         traits=CFG.traits.model_dump_json(include={"monitor_set", "sets"}),
         stress=[m for m in MODELS if CFG.model(m).stress],
-    resources:
-        mem_mb=4000,
-    conda:
-        "../../envs/emtrait.yaml"
     shell:
         "emtrait analysis pca --config {params.config} {params.cubes} --pca {output.pca} --final {output.final} --trajectories {output.trajectories} > {log} 2>&1"
 

@@ -22,14 +22,14 @@ if CFG.behavior.method == "choice":
             "results/behavior/{model}/choice-base.parquet",
         log:
             "logs/behavior/{model}/choice-base.log",
-        params:
-            config=config_file,
-            behavior=behavior_params("choice_items", "batch_size"),
-            model_entry=behavior_model_entry,
         conda:
             "../../envs/emtrait.yaml"
         resources:
             **GPU_PLACEMENT,
+        params:
+            config=config_file,
+            behavior=behavior_params("choice_items", "batch_size"),
+            model_entry=behavior_model_entry,
         shell:
             "emtrait behavior choice-base --config {params.config} --model {wildcards.model} --pointer {input.pointer} --out {output} > {log} 2>&1"
 
@@ -43,19 +43,24 @@ if CFG.behavior.method == "choice":
             table=f"{BEHAVIOR_STEP}/choice.parquet",
         log:
             f"{BEHAVIOR_LOG}/choice.log",
-        params:
-            config=config_file,
-            behavior=behavior_params(
-                "choice_items", "choice_rule", "choice_margin", "bootstrap", "seed",
-                "batch_size", "threshold",
-            ),
-            model_entry=behavior_model_entry,
         group:
             BEHAVIOR_GROUP
         conda:
             "../../envs/emtrait.yaml"
         resources:
             **GPU_PLACEMENT,
+        params:
+            config=config_file,
+            behavior=behavior_params(
+                "choice_items",
+                "choice_rule",
+                "choice_margin",
+                "bootstrap",
+                "seed",
+                "batch_size",
+                "threshold",
+            ),
+            model_entry=behavior_model_entry,
         shell:
             "emtrait behavior choice --config {params.config} --model {wildcards.model} --dataset {wildcards.dataset} --seed {wildcards.seed} --step {wildcards.step} --pointer {input.pointer} --adapters {input.adapters} --base-table {input.base} --table {output.table} --out {output.em} > {log} 2>&1"
 
@@ -70,18 +75,24 @@ elif CFG.behavior.engine == "vllm":
             "results/behavior/{model}/{dataset}/seed{seed}/responses-vllm.parquet",
         log:
             "logs/behavior/{model}/{dataset}/seed{seed}/generate-vllm.log",
-        params:
-            config=config_file,
-            behavior=behavior_params(
-                "questions", "selection", "samples", "temperature", "max_new_tokens", "seed",
-                "engine", "vllm_memory",
-            ),
-            model_entry=behavior_model_entry,
-            steps=lambda w: ",".join(str(s) for s in steps(w.model, w.dataset)),
         conda:
             "../../envs/emtrait.yaml"
         resources:
             **GPU_PLACEMENT,
+        params:
+            config=config_file,
+            behavior=behavior_params(
+                "questions",
+                "selection",
+                "samples",
+                "temperature",
+                "max_new_tokens",
+                "seed",
+                "engine",
+                "vllm_memory",
+            ),
+            model_entry=behavior_model_entry,
+            steps=lambda w: ",".join(str(s) for s in steps(w.model, w.dataset)),
         shell:
             "emtrait behavior generate-run --config {params.config} --model {wildcards.model} --dataset {wildcards.dataset} --seed {wildcards.seed} --pointer {input.pointer} --adapters {input.adapters} --steps {params.steps} --out {output} > {log} 2>&1"
 
@@ -109,21 +120,27 @@ if CFG.behavior.method != "choice" and CFG.behavior.engine == "hf":
             f"{BEHAVIOR_STEP}/responses.parquet",
         log:
             f"{BEHAVIOR_LOG}/generate.log",
-        params:
-            config=config_file,
-            behavior=behavior_params(
-                "questions", "selection", "samples", "temperature", "max_new_tokens",
-                "batch_size", "seed",
-            ),
-            model_entry=behavior_model_entry,
         group:
             BEHAVIOR_GROUP
         conda:
             "../../envs/emtrait.yaml"
         resources:
             **GPU_PLACEMENT,
+        params:
+            config=config_file,
+            behavior=behavior_params(
+                "questions",
+                "selection",
+                "samples",
+                "temperature",
+                "max_new_tokens",
+                "batch_size",
+                "seed",
+            ),
+            model_entry=behavior_model_entry,
         shell:
             "emtrait behavior generate --config {params.config} --model {wildcards.model} --dataset {wildcards.dataset} --seed {wildcards.seed} --step {wildcards.step} --pointer {input.pointer} --adapters {input.adapters} --out {output} > {log} 2>&1"
+
 
 if CFG.behavior.method != "choice":
 
@@ -140,11 +157,23 @@ if CFG.behavior.method != "choice":
             em=f"{BEHAVIOR_STEP}/em.json",
         log:
             f"{BEHAVIOR_LOG}/label.log",
+        group:
+            BEHAVIOR_GROUP
+        conda:
+            "../../envs/emtrait.yaml"
+        resources:
+            gpu=1 if JUDGE_KIND.gpu else 0,
         params:
             config=config_file,
             judge=CFG.behavior.judge.model_dump_json(
-                exclude={"concurrency", "requests_per_minute", "max_retries", "timeout_s",
-                         "price_input_per_mtok", "price_output_per_mtok"}
+                exclude={
+                    "concurrency",
+                    "requests_per_minute",
+                    "max_retries",
+                    "timeout_s",
+                    "price_input_per_mtok",
+                    "price_output_per_mtok",
+                }
             ),
             behavior=behavior_params("convention", "threshold"),
             pointer_arg=lambda w, input: (
@@ -153,12 +182,6 @@ if CFG.behavior.method != "choice":
             # this job's own cache, beside its outputs: one writer per file (safe on a cluster's
             # network filesystem), not a declared output so a failed job keeps it to resume
             cache=f"{BEHAVIOR_STEP}/judge-cache.jsonl",
-        group:
-            BEHAVIOR_GROUP
-        conda:
-            "../../envs/emtrait.yaml"
-        resources:
-            gpu=1 if JUDGE_KIND.gpu else 0,
         shell:
             "emtrait behavior label --config {params.config} --model {wildcards.model} --dataset {wildcards.dataset} --seed {wildcards.seed} --step {wildcards.step} --responses {input.responses} --judgements {output.judgements} --usage {output.usage} --cache {params.cache} {params.pointer_arg} --out {output.em} > {log} 2>&1"
 

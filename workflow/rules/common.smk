@@ -9,7 +9,6 @@ from emtrait.config import from_dict, training_params, without_nulls
 from emtrait.provenance import stable_hash
 from snakemake.utils import validate
 
-
 validate(without_nulls(config), "../../config/schema.json")  # `key: null` = unset
 CFG = from_dict(config, source="snakemake config")
 
@@ -169,10 +168,14 @@ def model_resource(key):
 # Resources of GPU rules, from the model entry. Heavy jobs (extraction, finetuning) take all of
 # them; per-checkpoint jobs take only placement and memory (their runtime is not a finetune's,
 # and a SLURM group adds its members' runtimes up).
-GPU_PLACEMENT = {key: model_resource(key)
-                 for key in ("gpu", "gpu_model", "mem_mb", "slurm_partition", "slurm_extra")}
-GPU_RESOURCES = {**GPU_PLACEMENT,
-                 **{key: model_resource(key) for key in ("cpus_per_gpu", "runtime")}}
+GPU_PLACEMENT = {
+    key: model_resource(key)
+    for key in ("gpu", "gpu_model", "mem_mb", "slurm_partition", "slurm_extra")
+}
+GPU_RESOURCES = {
+    **GPU_PLACEMENT,
+    **{key: model_resource(key) for key in ("cpus_per_gpu", "runtime")},
+}
 
 
 def final_outputs(wildcards=None):
@@ -186,8 +189,11 @@ def final_outputs(wildcards=None):
 
     problems = workflow_problems(CFG)
     if problems:
-        raise ConfigError("the whole workflow cannot run on this config:\n  - "
-                          + "\n  - ".join(problems) + "\n(name targets to run single stages)")
+        raise ConfigError(
+            "the whole workflow cannot run on this config:\n  - "
+            + "\n  - ".join(problems)
+            + "\n(name targets to run single stages)"
+        )
     return list(FINAL_OUTPUTS)
 
 
@@ -219,8 +225,14 @@ def check_unique_config_keys():
 
 # Model-entry keys a run's numbers depend on (not layers or resources: directions carry l*); the
 # finetune, behaviour, screen and stress rules carry them as params.
-FINETUNE_ENTRY_KEYS = {"source", "revision", "trust_remote_code", "dtype",
-                       "system_prompt_method", "no_system_prompt"}
+FINETUNE_ENTRY_KEYS = {
+    "source",
+    "revision",
+    "trust_remote_code",
+    "dtype",
+    "system_prompt_method",
+    "no_system_prompt",
+}
 
 
 # Each stage's own input functions and params, one file per stage (rule files hold only rules).

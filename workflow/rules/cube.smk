@@ -16,15 +16,15 @@ rule merge_cube:
         directory(cube("{model}")),
     log:
         "logs/cube/{model}.log",
+    localrule: True
+    conda:
+        "../../envs/emtrait.yaml"
     params:
         config=config_file,
         runs=lambda wildcards, input: " ".join(f"--run {p}" for p in input.runs),
         em=lambda wildcards, input: " ".join(f"--em {p}" for p in input.em),
         threshold=CFG.behavior.threshold,
         labels=cube_labels(DATASETS),
-    localrule: True
-    conda:
-        "../../envs/emtrait.yaml"
     shell:
         "emtrait cube merge --config {params.config} --model {wildcards.model} {params.runs} {params.em} --out {output} > {log} 2>&1"
 

@@ -18,6 +18,11 @@ rule finetune:
         done=f"{RUN}/done.json",
     log:
         "logs/finetune/{model}/{dataset}/seed{seed}.log",
+    conda:
+        "../../envs/emtrait.yaml"
+    threads: 8  # capped by --cores; Snakemake exports OMP_NUM_THREADS={threads}
+    resources:
+        **GPU_RESOURCES,
     params:
         config=config_file,
         out=lambda wc: run_dir(wc.model, wc.dataset, wc.seed),
@@ -26,10 +31,5 @@ rule finetune:
         prompts=CFG.traits.file if CFG.measurement.prompts == "traits" else "",
         dataset=lambda wc: CFG.dataset(wc.dataset).model_dump_json(),
         entry=lambda wc: CFG.model(wc.model).model_dump_json(include=FINETUNE_ENTRY_KEYS),
-    threads: 8  # capped by --cores; Snakemake exports OMP_NUM_THREADS={threads}
-    resources:
-        **GPU_RESOURCES,
-    conda:
-        "../../envs/emtrait.yaml"
     shell:
         "emtrait finetune --config {params.config} --model {wildcards.model} --dataset {wildcards.dataset} --seed {wildcards.seed} --pointer {input.pointer} --data {input.data} --directions {input.directions} --out {params.out} > {log} 2>&1"

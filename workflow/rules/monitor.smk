@@ -18,6 +18,10 @@ rule monitor_fit:
         selection=f"{MONITOR}/selection.csv",
     log:
         "logs/monitor/{model}/fit.log",
+    conda:
+        "../../envs/emtrait.yaml"
+    resources:
+        mem_mb=4000,
     params:
         config=config_file,
         # what emtrait.monitor.evaluate.fit_monitor reads (baselines, bootstrap, ... are the
@@ -26,10 +30,6 @@ rule monitor_fit:
             include={"regressors", "include_step", "threshold", "alarm_threshold", "seed"}
         ),
         traits=CFG.traits.model_dump_json(include={"monitor_set"}),
-    resources:
-        mem_mb=4000,
-    conda:
-        "../../envs/emtrait.yaml"
     shell:
         "emtrait monitor fit --config {params.config} --model {wildcards.model} --cube {input.cube} --pointer {input.pointer} --out {output.monitor} --selection {output.selection} > {log} 2>&1"
 
@@ -45,14 +45,14 @@ rule monitor_evaluate:
         permutation_null=f"{MONITOR}/permutation_null.csv",
     log:
         "logs/monitor/{model}/evaluate.log",
+    conda:
+        "../../envs/emtrait.yaml"
+    resources:
+        mem_mb=8000,
     params:
         config=config_file,
         monitor=CFG.monitor.model_dump_json(),
         roles={d: CFG.dataset(d).role for d in DATASETS},
-    resources:
-        mem_mb=8000,
-    conda:
-        "../../envs/emtrait.yaml"
     shell:
         "emtrait monitor evaluate --config {params.config} --model {wildcards.model} --cube {input.cube} --monitor {input.monitor} --predictions {output.predictions} --metrics {output.metrics} --alarms {output.alarms} --permutation-null {output.permutation_null} > {log} 2>&1"
 
@@ -65,15 +65,15 @@ rule monitor_layers:
         layers=f"{MONITOR}/layers.csv",
     log:
         "logs/monitor/{model}/layers.log",
+    conda:
+        "../../envs/emtrait.yaml"
+    resources:
+        mem_mb=8000,
     params:
         config=config_file,
         monitor=CFG.monitor.model_dump_json(),
         traits=CFG.traits.model_dump_json(include={"monitor_set"}),
         roles={d: CFG.dataset(d).role for d in DATASETS},
-    resources:
-        mem_mb=8000,
-    conda:
-        "../../envs/emtrait.yaml"
     shell:
         "emtrait monitor layers --config {params.config} --model {wildcards.model} --cube {input.cube} --out {output.layers} > {log} 2>&1"
 

@@ -9,13 +9,13 @@ rule build_organism:
         directory("resources/organisms/{organism}"),
     log:
         "logs/organism/{organism}.log",
-    params:
-        config=config_file,
-        spec=lambda wildcards: CFG.organisms[wildcards.organism].model_dump_json(),
-    threads: lambda wildcards: CFG.organisms[wildcards.organism].threads
     wildcard_constraints:
         organism=_alternatives(list(CFG.organisms)) or "(?!)",
     conda:
         "../../envs/emtrait.yaml"
+    threads: lambda wildcards: CFG.organisms[wildcards.organism].threads
+    params:
+        config=config_file,
+        spec=lambda wildcards: CFG.organisms[wildcards.organism].model_dump_json(),
     shell:
         "emtrait organism build --config {params.config} --name {wildcards.organism} --out {output} --no-progress > {log} 2>&1"

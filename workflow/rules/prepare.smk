@@ -16,16 +16,16 @@ rule prepare_embedded_model:
         weights=directory("resources/models/{model}/weights"),
     log:
         "logs/prepare/model/{model}.log",
-    params:
-        config=config_file,
-        source=model_source_params,
     wildcard_constraints:
         model=_alternatives(EMBEDDED) or "(?!)",
     localrule: True
-    resources:
-        mem_mb=4000,
     conda:
         "../../envs/emtrait.yaml"
+    resources:
+        mem_mb=4000,
+    params:
+        config=config_file,
+        source=model_source_params,
     shell:
         "emtrait prepare model --config {params.config} --model {wildcards.model} --weights {output.weights} --out {output.pointer} > {log} 2>&1"
 
@@ -37,14 +37,14 @@ rule prepare_model:
         model_pointer("{model}"),
     log:
         "logs/prepare/model/{model}.log",
-    params:
-        config=config_file,
-        source=model_source_params,
     wildcard_constraints:
         model=_alternatives(POINTED) or "(?!)",
     localrule: True
     conda:
         "../../envs/emtrait.yaml"
+    params:
+        config=config_file,
+        source=model_source_params,
     shell:
         "emtrait prepare model --config {params.config} --model {wildcards.model} --out {output} > {log} 2>&1"
 
@@ -57,12 +57,12 @@ rule prepare_dataset:
         stats=dataset_stats("{dataset}"),
     log:
         "logs/prepare/dataset/{dataset}.log",
-    params:
-        config=config_file,
-        entry=lambda wildcards: CFG.dataset(wildcards.dataset).model_dump_json(),
     localrule: True
     conda:
         "../../envs/emtrait.yaml"
+    params:
+        config=config_file,
+        entry=lambda wildcards: CFG.dataset(wildcards.dataset).model_dump_json(),
     shell:
         "emtrait prepare dataset --config {params.config} --dataset {wildcards.dataset} --out {output.jsonl} --stats {output.stats} > {log} 2>&1"
 

@@ -23,28 +23,52 @@ rule report:
         code=emtrait_source("report/figures.py"),
         screen_code=emtrait_source("report/screen.py"),
     output:
-        summary=report(f"{REPORT}/summary.md", caption="../report/summary.rst",
-                       category="Summary"),
+        summary=report(f"{REPORT}/summary.md", caption="../report/summary.rst", category="Summary"),
         ablation=f"{REPORT}/ablation.csv",
-        png=[report(f"{REPORT}/figures/{name}.png", caption=f"../report/{name}.rst",
-                    category="Figures") for name in FIGURES],
+        png=[
+            report(
+                f"{REPORT}/figures/{name}.png", caption=f"../report/{name}.rst", category="Figures"
+            )
+            for name in FIGURES
+        ],
         svg=[f"{REPORT}/figures/{name}.svg" for name in FIGURES],
-        screen_png=[report(f"{REPORT}/figures/screen_vs_outcome.png",
-                           caption="../report/screen_vs_outcome.rst", category="Figures")]
-        if CFG.screen.enabled
-        else [],
+        screen_png=(
+            [
+                report(
+                    f"{REPORT}/figures/screen_vs_outcome.png",
+                    caption="../report/screen_vs_outcome.rst",
+                    category="Figures",
+                )
+            ]
+            if CFG.screen.enabled
+            else []
+        ),
         screen_svg=[f"{REPORT}/figures/screen_vs_outcome.svg"] if CFG.screen.enabled else [],
         screen_table=[f"{REPORT}/screen.csv"] if CFG.screen.enabled else [],
     log:
         "logs/report/report.log",
+    localrule: True
+    conda:
+        "../../envs/emtrait.yaml"
     params:
         config=config_file,
-        report=CFG.monitor.model_dump_json(include={"alarm_threshold", "bootstrap", "seed", "step0",
-                                                   "permutations"}),
+        report=CFG.monitor.model_dump_json(
+            include={"alarm_threshold", "bootstrap", "seed", "step0", "permutations"}
+        ),
         tables=lambda wildcards, input: " ".join(
             f"--{key.replace('_', '-')} {path}"
-            for key in ("predictions", "metrics", "alarms", "selection", "stress", "cube",
-                        "permutation_null", "layer_selection", "layers", "screen")
+            for key in (
+                "predictions",
+                "metrics",
+                "alarms",
+                "selection",
+                "stress",
+                "cube",
+                "permutation_null",
+                "layer_selection",
+                "layers",
+                "screen",
+            )
             for path in input[key]
         ),
         figures=lambda wildcards, output: " ".join(f"--figure {p}" for p in output.png + output.svg),
@@ -52,9 +76,6 @@ rule report:
             [f"--screen-figure {p}" for p in output.screen_png + output.screen_svg]
             + [f"--screen-table {p}" for p in output.screen_table]
         ),
-    localrule: True
-    conda:
-        "../../envs/emtrait.yaml"
     shell:
         "emtrait report build --config {params.config} --pca {input.pca} --final {input.final} --trajectories {input.trajectories} {params.tables} --summary {output.summary} --ablation {output.ablation} {params.figures} {params.screen_out} > {log} 2>&1"
 

@@ -5,9 +5,7 @@
 # file: screening a new dataset never refits the monitor).
 
 
-SCREEN_CALIBRATION = [
-    d for d in DATASETS if CFG.datasets[d].role == "calibration"
-]
+SCREEN_CALIBRATION = [d for d in DATASETS if CFG.datasets[d].role == "calibration"]
 
 
 rule screen:
@@ -22,18 +20,19 @@ rule screen:
         summary=f"{SCREEN}.json",
     log:
         "logs/screen/{model}/{dataset}.log",
+    conda:
+        "../../envs/emtrait.yaml"
+    # one thread each: on a 2-core run, two screens (or a screen and monitor_evaluate) share
+    # the tail instead of queueing one at a time
+    threads: 1
+    resources:
+        **GPU_PLACEMENT,
     params:
         config=config_file,
         screen=CFG.screen.model_dump_json(),
         prompts=CFG.measurement.model_dump_json(include={"prompts", "batch_size"}),
         entry=lambda wc: CFG.model(wc.model).model_dump_json(include=FINETUNE_ENTRY_KEYS),
         max_length=lambda wc: CFG.training_for(wc.model).max_length,
-    threads: 1  # one thread each: on a 2-core run, two screens (or a screen and monitor_evaluate)
-                # share the tail instead of queueing one at a time (measured in README)
-    resources:
-        **GPU_PLACEMENT,
-    conda:
-        "../../envs/emtrait.yaml"
     shell:
         "emtrait screen --config {params.config} --model {wildcards.model} --dataset {wildcards.dataset} --data {input.data} --pointer {input.pointer} --directions {input.directions} --monitor {input.monitor} --out {output.table} --summary {output.summary} > {log} 2>&1"
 
@@ -49,18 +48,16 @@ rule screen_calibration:
         "results/monitor/{model}/screen_calibration.json",
     log:
         "logs/screen/{model}/calibration.log",
+    conda:
+        "../../envs/emtrait.yaml"
     params:
         config=config_file,
         labels={d: CFG.datasets[d].label for d in SCREEN_CALIBRATION},
         screens=lambda wc, input: " ".join(f"--screen {s}" for s in input.screens),
-    conda:
-        "../../envs/emtrait.yaml"
     shell:
         "emtrait screen-calibration --config {params.config} --model {wildcards.model} --monitor {input.monitor} {params.screens} --out {output} > {log} 2>&1"
 
 
 FINAL_OUTPUTS.extend(SCREEN_SUMMARIES)
 if SCREEN_SUMMARIES:
-    FINAL_OUTPUTS.extend(
-        f"results/monitor/{m}/screen_calibration.json" for m in MODELS
-    )
+    FINAL_OUTPUTS.extend(f"results/monitor/{m}/screen_calibration.json" for m in MODELS)

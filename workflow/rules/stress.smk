@@ -36,6 +36,13 @@ rule stress_finetune:
         done=f"{VARIANT_RUN}/done.json",
     log:
         "logs/stress/finetune/{variant}/{model}/{dataset}/seed{seed}.log",
+    wildcard_constraints:
+        variant=_alternatives(VARIANTS) or "(?!)",
+    conda:
+        "../../envs/emtrait.yaml"
+    threads: 8
+    resources:
+        **GPU_RESOURCES,
     params:
         config=config_file,
         out=lambda wc: variant_run_dir(wc.variant, wc.model, wc.dataset, wc.seed),
@@ -44,13 +51,6 @@ rule stress_finetune:
         prompts=CFG.traits.file if CFG.measurement.prompts == "traits" else "",
         dataset=lambda wc: CFG.dataset(wc.dataset).model_dump_json(),
         entry=lambda wc: CFG.model(wc.model).model_dump_json(include=FINETUNE_ENTRY_KEYS),
-    wildcard_constraints:
-        variant=_alternatives(VARIANTS) or "(?!)",
-    threads: 8
-    resources:
-        **GPU_RESOURCES,
-    conda:
-        "../../envs/emtrait.yaml"
     shell:
         "emtrait finetune --config {params.config} --variant {wildcards.variant} --model {wildcards.model} --dataset {wildcards.dataset} --seed {wildcards.seed} --pointer {input.pointer} --data {input.data} --directions {input.directions} --out {params.out} > {log} 2>&1"
 
@@ -66,16 +66,16 @@ rule stress_start:
         weights=directory(f"{START}/weights"),
     log:
         "logs/stress/start/{variant}/{model}/{dataset}/seed{seed}.log",
+    wildcard_constraints:
+        variant=_alternatives(["default", *VARIANTS]),
+    conda:
+        "../../envs/emtrait.yaml"
+    resources:
+        **GPU_PLACEMENT,
     params:
         config=config_file,
         out=lambda wc: start_dir(wc.variant, wc.model, wc.dataset, wc.seed),
         entry=lambda wc: CFG.model(wc.model).model_dump_json(include=FINETUNE_ENTRY_KEYS),
-    wildcard_constraints:
-        variant=_alternatives(["default", *VARIANTS]),
-    resources:
-        **GPU_PLACEMENT,
-    conda:
-        "../../envs/emtrait.yaml"
     shell:
         "emtrait stress start --config {params.config} --model {wildcards.model} --pointer {input.pointer} --adapters {input.adapters} --out {params.out} > {log} 2>&1"
 
@@ -94,10 +94,11 @@ if VARIANTS and CFG.behavior.method == "choice":
             table=f"{VARIANT_STEP}/choice.parquet",
         log:
             f"{VARIANT_BEHAVIOR_LOG}/choice.log",
-        group:
-            VARIANT_GROUP
         wildcard_constraints:
             variant=_alternatives(VARIANTS),
+        group:
+            VARIANT_GROUP
+
 
 if VARIANTS and CFG.behavior.method != "choice" and CFG.behavior.engine == "vllm":
 
@@ -109,13 +110,13 @@ if VARIANTS and CFG.behavior.method != "choice" and CFG.behavior.engine == "vllm
             "results/stress/behavior/{variant}/{model}/{dataset}/seed{seed}/responses-vllm.parquet",
         log:
             "logs/stress/behavior/{variant}/{model}/{dataset}/seed{seed}/generate-vllm.log",
+        wildcard_constraints:
+            variant=_alternatives(VARIANTS),
         params:
             config=config_file,
             behavior=rules.behavior_generate_run.rule.params.behavior,
             model_entry=behavior_model_entry,
             steps=lambda w: ",".join(str(s) for s in CFG.steps(w.model, w.dataset, w.variant)),
-        wildcard_constraints:
-            variant=_alternatives(VARIANTS),
 
     use rule behavior_split_run as stress_behavior_split_run with:
         input:
@@ -127,6 +128,7 @@ if VARIANTS and CFG.behavior.method != "choice" and CFG.behavior.engine == "vllm
         wildcard_constraints:
             variant=_alternatives(VARIANTS),
 
+
 if VARIANTS and CFG.behavior.method != "choice" and CFG.behavior.engine == "hf":
 
     use rule behavior_generate as stress_behavior_generate with:
@@ -137,10 +139,11 @@ if VARIANTS and CFG.behavior.method != "choice" and CFG.behavior.engine == "hf":
             f"{VARIANT_STEP}/responses.parquet",
         log:
             f"{VARIANT_BEHAVIOR_LOG}/generate.log",
-        group:
-            VARIANT_GROUP
         wildcard_constraints:
             variant=_alternatives(VARIANTS),
+        group:
+            VARIANT_GROUP
+
 
 if VARIANTS and CFG.behavior.method != "choice":
 
@@ -154,6 +157,10 @@ if VARIANTS and CFG.behavior.method != "choice":
             em=f"{VARIANT_STEP}/em.json",
         log:
             f"{VARIANT_BEHAVIOR_LOG}/label.log",
+        wildcard_constraints:
+            variant=_alternatives(VARIANTS),
+        group:
+            VARIANT_GROUP
         params:
             config=config_file,
             judge=rules.behavior_label.rule.params.judge,
@@ -162,10 +169,6 @@ if VARIANTS and CFG.behavior.method != "choice":
                 f"--judge-pointer {input.judge_pointer}" if input.judge_pointer else ""
             ),
             cache=f"{VARIANT_STEP}/judge-cache.jsonl",
-        group:
-            VARIANT_GROUP
-        wildcard_constraints:
-            variant=_alternatives(VARIANTS),
 
 
 rule stress_cube:
@@ -176,6 +179,11 @@ rule stress_cube:
         directory(variant_cube_path("{model}")),
     log:
         "logs/stress/cube/{model}.log",
+    wildcard_constraints:
+        model=_alternatives(VARIANT_MODELS) or "(?!)",
+    localrule: True
+    conda:
+        "../../envs/emtrait.yaml"
     params:
         config=config_file,
         args=stress_cube_args,
@@ -184,11 +192,6 @@ rule stress_cube:
             [d for d in DATASETS if d in {d for _, d, _ in variant_runs_of(wc.model)}]
         ),
         threshold=CFG.behavior.threshold,
-    wildcard_constraints:
-        model=_alternatives(VARIANT_MODELS) or "(?!)",
-    localrule: True
-    conda:
-        "../../envs/emtrait.yaml"
     shell:
         "emtrait stress cube --config {params.config} --model {wildcards.model} {params.args} --out {output} > {log} 2>&1"
 
@@ -206,16 +209,16 @@ rule stress_score:
         trajectories=f"{variant_scores_dir('{model}')}/trajectories.csv",
     log:
         "logs/stress/score/{model}.log",
+    wildcard_constraints:
+        model=_alternatives(VARIANT_MODELS) or "(?!)",
+    conda:
+        "../../envs/emtrait.yaml"
+    resources:
+        mem_mb=4000,
     params:
         config=config_file,
         monitor=CFG.monitor.model_dump_json(include={"alarm_threshold", "bootstrap", "seed"}),
         out=lambda wc: variant_scores_dir(wc.model),
-    wildcard_constraints:
-        model=_alternatives(VARIANT_MODELS) or "(?!)",
-    resources:
-        mem_mb=4000,
-    conda:
-        "../../envs/emtrait.yaml"
     shell:
         "emtrait stress score --config {params.config} --cube {input.cube} --calibration-cube {input.calibration} --monitor {input.monitor} --out {params.out} > {log} 2>&1"
 
@@ -231,17 +234,17 @@ rule stress_transfer:
         metrics=f"{transfer_dir('{model}')}/metrics.csv",
     log:
         "logs/stress/transfer/{model}.log",
+    wildcard_constraints:
+        model=_alternatives(STRESS_MODELS) or "(?!)",
+    conda:
+        "../../envs/emtrait.yaml"
+    resources:
+        mem_mb=4000,
     params:
         config=config_file,
         monitor=CFG.monitor.model_dump_json(),
         monitors=lambda wildcards, input: " ".join(f"--monitor {m}" for m in input.monitors),
         out=lambda wc: transfer_dir(wc.model),
-    wildcard_constraints:
-        model=_alternatives(STRESS_MODELS) or "(?!)",
-    resources:
-        mem_mb=4000,
-    conda:
-        "../../envs/emtrait.yaml"
     shell:
         "emtrait stress transfer --config {params.config} --model {wildcards.model} --cube {input.cube} {params.monitors} --out {params.out} > {log} 2>&1"
 
@@ -254,29 +257,37 @@ if VARIANT_MODELS or STRESS_MODELS:
     rule stress_report:
         """The report's stress section: every variant and every stress model."""
         input:
-            variants=[f"{variant_scores_dir(m)}/{name}.csv" for m in VARIANT_MODELS
-                      for name in ("predictions", "trajectories")],
+            variants=[
+                f"{variant_scores_dir(m)}/{name}.csv"
+                for m in VARIANT_MODELS
+                for name in ("predictions", "trajectories")
+            ],
             transfer=[f"{transfer_dir(m)}/predictions.csv" for m in STRESS_MODELS],
             code=emtrait_source("stress/report.py"),
         output:
-            summary=report(f"{STRESS_REPORT}/summary.md", caption="../report/stress_summary.rst",
-                           category="Stress tests"),
+            summary=report(
+                f"{STRESS_REPORT}/summary.md",
+                caption="../report/stress_summary.rst",
+                category="Stress tests",
+            ),
             table=f"{STRESS_REPORT}/table.csv",
-            png=report(f"{STRESS_REPORT}/figures/variant_drift.png",
-                       caption="../report/variant_drift.rst", category="Stress tests"),
+            png=report(
+                f"{STRESS_REPORT}/figures/variant_drift.png",
+                caption="../report/variant_drift.rst",
+                category="Stress tests",
+            ),
             svg=f"{STRESS_REPORT}/figures/variant_drift.svg",
         log:
             "logs/report/stress.log",
-        params:
-            config=config_file,
-            report=CFG.monitor.model_dump_json(include={"alarm_threshold", "bootstrap", "seed"}),
-            variant_dirs=" ".join(f"--variant-dir {variant_scores_dir(m)}"
-                                  for m in VARIANT_MODELS),
-            transfer_dirs=" ".join(f"--transfer-dir {transfer_dir(m)}" for m in STRESS_MODELS),
-            out=lambda wildcards, output: Path(output.summary).parent,
         localrule: True
         conda:
             "../../envs/emtrait.yaml"
+        params:
+            config=config_file,
+            report=CFG.monitor.model_dump_json(include={"alarm_threshold", "bootstrap", "seed"}),
+            variant_dirs=" ".join(f"--variant-dir {variant_scores_dir(m)}" for m in VARIANT_MODELS),
+            transfer_dirs=" ".join(f"--transfer-dir {transfer_dir(m)}" for m in STRESS_MODELS),
+            out=lambda wildcards, output: Path(output.summary).parent,
         shell:
             "emtrait stress report --config {params.config} {params.variant_dirs} {params.transfer_dirs} --out {params.out} > {log} 2>&1"
 

@@ -15,15 +15,15 @@ rule extract_traits:
         selection="results/traits/{model}/layer_selection.json",
     log:
         "logs/traits/{model}.log",
+    conda:
+        "../../envs/emtrait.yaml"
+    threads: 8  # capped by --cores; Snakemake exports OMP_NUM_THREADS={threads}
+    resources:
+        **GPU_RESOURCES,
     params:
         config=config_file,
         traits=CFG.traits.model_dump_json(),
         entry=lambda wc: CFG.model(wc.model).model_dump_json(exclude=NOT_EXTRACTION_KEYS),
-    threads: 8  # capped by --cores; Snakemake exports OMP_NUM_THREADS={threads}
-    resources:
-        **GPU_RESOURCES,
-    conda:
-        "../../envs/emtrait.yaml"
     shell:
         "emtrait traits extract --config {params.config} --model {wildcards.model} --pointer {input.pointer} --out {output.store} --figures {output.figures} --selection {output.selection} --no-progress > {log} 2>&1"
 

@@ -9,8 +9,11 @@ def cube_inputs(model, datasets):
     return {
         "runs": [f"{run_dir(model, d, s)}/measure.zarr" for d, s in runs],
         "done": [f"{run_dir(model, d, s)}/done.json" for d, s in runs],
-        "em": [f"{behavior_dir(model, d, s, step)}/em.json"
-               for d, s in runs for step in steps(model, d)],
+        "em": [
+            f"{behavior_dir(model, d, s, step)}/em.json"
+            for d, s in runs
+            for step in steps(model, d)
+        ],
     }
 
 

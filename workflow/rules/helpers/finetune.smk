@@ -4,8 +4,11 @@
 
 def finetune_inputs(wildcards):
     """Pointer, dataset, directions, and the measurement prompt file when it is a path."""
-    inputs = {"pointer": model_pointer(wildcards.model), "data": dataset_file(wildcards.dataset),
-              "directions": directions(wildcards.model)}
+    inputs = {
+        "pointer": model_pointer(wildcards.model),
+        "data": dataset_file(wildcards.dataset),
+        "directions": directions(wildcards.model),
+    }
     if CFG.measurement.prompts != "traits":
         inputs["prompts"] = CFG.measurement.prompts
     return inputs

@@ -19,8 +19,10 @@ VARIANT_MODELS = [m for m in MODELS if variant_runs_of(m)]
 
 def stress_finetune_inputs(wildcards):
     """finetune_inputs, with the pointer of the model the variant trains from."""
-    return {**finetune_inputs(wildcards),
-            "pointer": variant_pointer(wildcards.variant, wildcards.model)}
+    return {
+        **finetune_inputs(wildcards),
+        "pointer": variant_pointer(wildcards.variant, wildcards.model),
+    }
 
 
 def stress_cube_files(model):
@@ -29,8 +31,11 @@ def stress_cube_files(model):
     step 0 is the base model (for drift_from_base) of each variant that starts from another."""
     runs = variant_runs_of(model)
     files = [("run", v, f"{variant_run_dir(v, model, d, s)}/measure.zarr") for v, d, s in runs]
-    files += [("em", v, f"{variant_behavior_dir(v, model, d, s, t)}/em.json")
-              for v, d, s in runs for t in CFG.steps(model, d, v)]
+    files += [
+        ("em", v, f"{variant_behavior_dir(v, model, d, s, t)}/em.json")
+        for v, d, s in runs
+        for t in CFG.steps(model, d, v)
+    ]
     for v in dict.fromkeys(v for v, _, _ in runs):
         root = CFG.root_run(v)
         if root is not None:

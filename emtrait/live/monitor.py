@@ -85,10 +85,12 @@ class LiveMonitor:
 
     @property
     def traits(self) -> list[str]:
+        """The monitor's traits: the keys of `Reading.drift`, in the regressor's input order."""
         return self.probe.traits
 
     @property
     def norm0(self) -> float | None:
+        """The step-0 activation norm drift is divided by; None until step 0 is checked."""
         return self._state.norm0
 
     def check_model(self, model: Any, *, weights: bool = True) -> None:

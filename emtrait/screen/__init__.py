@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # what the lazy names below are (for type checkers and the API docs)
-    from emtrait.screen.api import screen
     from emtrait.screen.core import ScreenResult
+    from emtrait.screen.gate import screen
 
 __all__ = ["ScreenResult", "screen"]
 

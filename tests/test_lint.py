@@ -70,3 +70,42 @@ def test_snakefmt_clean():
     proc = subprocess.run([snakefmt, "--check", "--diff", str(REPO / "workflow")],
                           capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+
+
+MODULE_LINES = 500  # DEVELOPING.md "Conventions": a module past this is two modules
+FUNCTION_BODY_LINES = 60  # after the signature and docstring; longer needs "Long:" in the docstring
+
+
+def oversized(root: Path) -> list[str]:
+    """Modules over MODULE_LINES and function bodies over FUNCTION_BODY_LINES in emtrait/."""
+    found = []
+    for path in sorted((root / "emtrait").rglob("*.py")):
+        text = path.read_text()
+        where = path.relative_to(root)
+        if text.count("\n") > MODULE_LINES:
+            found.append(f"{where}: {text.count(chr(10))} lines")
+        for node in ast.walk(ast.parse(text, str(path))):
+            if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            doc = ast.get_docstring(node) or ""
+            body = node.body[1:] if doc else node.body
+            if body and node.end_lineno - body[0].lineno + 1 > FUNCTION_BODY_LINES \
+                    and "Long:" not in doc:
+                found.append(f"{where}:{node.lineno} {node.name}: "
+                             f"{node.end_lineno - body[0].lineno + 1}-line body")
+    return found
+
+
+def test_no_oversized_module_or_function(tmp_path):
+    assert oversized(REPO) == []
+    # the check sees what it must: a long module, a long body, and the excused long body
+    pkg = tmp_path / "emtrait"
+    pkg.mkdir()
+    body = "".join("    x = 1\n" for _ in range(FUNCTION_BODY_LINES + 1))
+    (pkg / "long.py").write_text(f'def f():\n    """Short."""\n{body}\n'
+                                 f'def g():\n    """Long: a table of options."""\n{body}'
+                                 + "#\n" * MODULE_LINES)
+    lines = (pkg / "long.py").read_text().count("\n")
+    assert lines > MODULE_LINES
+    assert oversized(tmp_path) == [f"emtrait/long.py: {lines} lines",
+                                   f"emtrait/long.py:1 f: {FUNCTION_BODY_LINES + 1}-line body"]

@@ -6,6 +6,9 @@ Dataset and config in, Monitor and DataFrames out. I/O stays in the CLI modules.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 
 from emtrait.cube.read import Checkpoints, checkpoints, trait_columns
@@ -173,6 +176,40 @@ def _step0_order(mcfg) -> list[str]:
     return [mcfg.step0] + [p for p in STEP0_POLICIES if p != mcfg.step0]
 
 
+@dataclass(frozen=True)
+class _PermutedRefit:
+    """One permutation's pooled AUROC: EM trajectories moved between runs, every fold refitted."""
+
+    x: np.ndarray
+    em: np.ndarray
+    runs: np.ndarray
+    steps: np.ndarray
+    rows: Any
+    scored: np.ndarray
+    regressor: str
+    seed: int
+    threshold: float
+
+    def auroc(self, split_list, perm) -> float:
+        from emtrait.drift import is_dangerous
+        from emtrait.monitor.metrics import auroc, permute_by_run
+
+        y = permute_by_run(self.em, self.runs, self.steps, perm)
+        known = np.isfinite(y)
+        ys, preds = [], []
+        for split in split_list(self.rows.assign(em_missing=~known)):
+            test = split.test[known[split.test] & self.scored[split.test]]
+            if not len(test) or not len(split.train):
+                continue
+            ys.append(is_dangerous(y[test], self.threshold))
+            preds.append(fit_predict(self.x, y, type(split)(split.protocol, split.fold,
+                                                            split.train, test),
+                                     self.regressor, self.seed))
+        if not ys:
+            return float("nan")
+        return auroc(np.concatenate(ys), np.concatenate(preds))
+
+
 def permutation_tests(ds, monitor: Monitor, cfg, expected_heldout: list[str]):
     """Chance baseline of the headline AUROCs: run-label permutations, refit, rescore.
 
@@ -187,10 +224,8 @@ def permutation_tests(ds, monitor: Monitor, cfg, expected_heldout: list[str]):
 
     from emtrait.drift import is_dangerous
     from emtrait.monitor.metrics import (
-        auroc,
         class_floor,
         permutation_test,
-        permute_by_run,
         run_classes,
         run_ids,
     )
@@ -214,23 +249,8 @@ def permutation_tests(ds, monitor: Monitor, cfg, expected_heldout: list[str]):
     known = scored & np.isfinite(em)
     classes = {r: False for r in role_of_run} | run_classes(
         is_dangerous(em[known], threshold), runs[known])
-
-    def fold_auroc(split_list, perm) -> float:
-        y = permute_by_run(em, runs, steps, perm)
-        known = np.isfinite(y)
-        sub_rows = rows.assign(em_missing=~known)
-        ys, preds = [], []
-        for split in split_list(sub_rows):
-            test = split.test[known[split.test] & scored[split.test]]
-            if not len(test) or not len(split.train):
-                continue
-            pred = fit_predict(x, y, type(split)(split.protocol, split.fold, split.train, test),
-                               regressor, mcfg.seed)
-            ys.append(is_dangerous(y[test], threshold))
-            preds.append(pred)
-        if not ys:
-            return float("nan")
-        return auroc(np.concatenate(ys), np.concatenate(preds))
+    refit = _PermutedRefit(x=x, em=em, runs=runs, steps=steps, rows=rows, scored=scored,
+                           regressor=regressor, seed=mcfg.seed, threshold=threshold)
 
     protocols = {"lopo": (lambda r: lopo_splits(r, calib), [group["calibration"]])}
     if held:
@@ -238,7 +258,7 @@ def permutation_tests(ds, monitor: Monitor, cfg, expected_heldout: list[str]):
                                 [group["calibration"], group["heldout"]])
     summary, nulls = [], []
     for protocol, (split_list, groups) in protocols.items():
-        res = permutation_test(lambda perm, f=split_list: fold_auroc(f, perm),
+        res = permutation_test(lambda perm, f=split_list: refit.auroc(f, perm),
                                int(runs.max()) + 1, groups, mcfg.permutations, mcfg.seed)
         summary.append({"model": str(ds.attrs["model"]), "feature_set": monitor_set,
                         "protocol": protocol, "dataset": "pooled", "step0": mcfg.step0,

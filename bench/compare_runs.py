@@ -3,7 +3,7 @@
     python bench/compare_runs.py BEFORE_WORKDIR AFTER_WORKDIR [--model smollm2]
 
 Reads only the stage outputs both runs have: the cube (drift, labels, loss, norm0 per
-checkpoint), the monitor's predictions and its metrics. For metrics, the AFTER run's rows under
+checkpoint; a cube keyed by layer is compared at its l*), the monitor's predictions and its metrics. For metrics, the AFTER run's rows under
 the BEFORE run's step-0 policy are compared when the AFTER table has a `step0` column (step 0
 counted = "include"). Prints the largest differences; exit status 1 when any number differs by
 more than --atol, so it can gate a refactor.
@@ -25,10 +25,15 @@ KEYS = ["feature_set", "protocol", "dataset", "seed", "step"]
 METRICS = ["n", "fnr", "fpr", "auroc", "error"]
 
 
+def _l_star(cube):
+    """A cube keyed by layer as the single-layer cube it contains at l* (attribute `layer`)."""
+    return cube.sel(layer=cube.attrs["layer"], drop=True) if "layer" in cube.dims else cube
+
+
 def compare_cubes(before: Path, after: Path) -> list[tuple[str, float]]:
     from emtrait.stores import open_store  # not open_cube: an older cube may predate its contract
 
-    a, b = open_store(before), open_store(after)
+    a, b = (_l_star(open_store(p)) for p in (before, after))
     rows = []
     for var in CUBE_VARS:
         if var not in a or var not in b:

@@ -3,10 +3,11 @@
     python bench/compare_runs.py BEFORE_WORKDIR AFTER_WORKDIR [--model smollm2]
 
 Reads only the stage outputs both runs have: the cube (drift, labels, loss, norm0 per
-checkpoint; a cube keyed by layer is compared at its l*), the monitor's predictions and its metrics. For metrics, the AFTER run's rows under
-the BEFORE run's step-0 policy are compared when the AFTER table has a `step0` column (step 0
-counted = "include"). Prints the largest differences; exit status 1 when any number differs by
-more than --atol, so it can gate a refactor.
+checkpoint; a cube keyed by layer is compared at its l*), the monitor's predictions and its
+metrics. For metrics, the AFTER run's rows under the BEFORE run's step-0 policy are compared
+when the AFTER table has a `step0` column (step 0 counted = "include"). Prints the largest
+differences; exit status 1 when any number differs by more than --atol, so it can gate a
+refactor.
 """
 
 from __future__ import annotations

@@ -205,3 +205,27 @@ def test_cli_writes_the_monitor_and_nothing_on_bad_input(family, tmp_path):
     assert ok.returncode == 0, ok.stderr
     assert "transferred from A, not calibrated on B" in ok.stdout
     assert load_monitor(out).meta["drift_scale"]
+
+
+@pytest.mark.slow
+def test_workflow_plans_a_transfer_instead_of_a_calibration_grid(tmp_path):
+    """A real `snakemake -n` of the tiny two-model workflow with `monitor_from` on one model."""
+    from helpers import planned_jobs
+    from slurm.tinyrun import make_workdir
+
+    work = make_workdir(tmp_path)
+    config = work.config
+    config["models"]["tiny_b"]["monitor_from"] = "tiny_a"
+    work.write_config(config)
+    jobs = planned_jobs(work.snakemake("-n", "--cores", "2").stdout)
+    assert jobs["monitor_fit"] == 1 and jobs["merge_calibration_cube"] == 1  # tiny_a only
+    assert jobs["monitor_transfer"] == 1 and jobs["monitor_transfer_evaluate"] == 1
+    assert jobs["monitor_evaluate"] == 1 and jobs["extract_traits"] == 2
+    out = work.snakemake("-n", "--cores", "2", "results/monitor/tiny_b/monitor.skops").stdout
+    only = planned_jobs(out)  # tiny_b's monitor: tiny_a's grid and fit, tiny_b's extraction only
+    assert only["monitor_fit"] == 1 and only["monitor_transfer"] == 1
+    assert only["finetune"] * 2 == jobs["finetune"]
+    config["models"]["tiny_b"]["monitor_from"] = "tiny_b"
+    work.write_config(config)
+    bad = work.snakemake("-n", "--cores", "2", check=False)
+    assert bad.returncode != 0 and "models.tiny_b.monitor_from is 'tiny_b'" in bad.output

@@ -48,12 +48,13 @@ def _scored(cp, monitor: Monitor, idx: np.ndarray, condition: str):
     return pd.DataFrame(frame)
 
 
-def _perm_p(frame, threshold: float, n: int, seed: int) -> float:
-    """Run-label permutation p of the AUROC of fixed predictions (labels move as whole runs)."""
+def _perm_p(frame, threshold: float, n: int, seed: int, step0: str) -> float:
+    """Run-label permutation p of the AUROC of fixed predictions (labels move as whole runs;
+    rows scored as the metrics' `step0` policy says)."""
     from emtrait.drift import is_dangerous
     from emtrait.monitor.metrics import auroc, permutation_test, permute_by_run, run_ids
 
-    f = frame[frame.step != 0]
+    f = frame[frame.step != 0] if step0 == "exclude" else frame
     runs = run_ids(f)
     em = f.em_rate.values.astype(float)
     pred = f.pred_em.values
@@ -94,7 +95,7 @@ def transfer_metrics(cube, monitor: Monitor, cfg):
     metrics = metrics_table(pred, ["model", "condition", "dataset"], bootstrap=mcfg.bootstrap,
                             seed=mcfg.seed, step0=mcfg.step0)
     threshold = float(cube.attrs["threshold"])
-    p = {c: _perm_p(g, threshold, mcfg.permutations, mcfg.seed)
+    p = {c: _perm_p(g, threshold, mcfg.permutations, mcfg.seed, mcfg.step0)
          for c, g in pred.groupby("condition")} if mcfg.permutations else {}
     metrics["auroc_p"] = [p.get(c, np.nan) if d == "pooled" else np.nan
                           for c, d in zip(metrics.condition, metrics.dataset, strict=True)]
@@ -104,6 +105,8 @@ def transfer_metrics(cube, monitor: Monitor, cfg):
 
 def _own_lopo(cube, cfg):
     """The model's own LOPO predictions (its calibration datasets), or None where too few."""
+    import pandas as pd
+
     from emtrait.cube.read import checkpoints
     from emtrait.monitor.evaluate import fit_monitor
     from emtrait.monitor.protocol import fit_predict, lopo_splits, verdict
@@ -125,8 +128,6 @@ def _own_lopo(cube, cfg):
                                           "em_missing", "dangerous"]].copy()
         frame["pred_em"] = pred
         parts.append(frame)
-    import pandas as pd
-
     frame = pd.concat(parts, ignore_index=True)
     decided = verdict(frame.pred_em.values, threshold=own.meta["threshold"],
                       sigma=own.meta["sigma"], alarm_threshold=own.meta["alarm_threshold"])

@@ -178,6 +178,15 @@ def test_transfer_metrics_report_zero_shot_few_run_and_own(family):
     # few-run scores only the runs it was not recalibrated on
     few = pred[pred.condition == "few_run_scale"]
     assert not ((few.dataset == "bad_medical") & (few.seed == 42)).any()
+    # the report's section sets the conditions side by side
+    from emtrait.report.transfer import transfer_section
+
+    path = family["tmp"] / "transfer.csv"
+    metrics.to_csv(path, index=False)
+    section = transfer_section([path])
+    assert "| B | A | transferred, zero-shot |" in section
+    assert "| B | A | own calibration (LOPO) |" in section
+    assert transfer_section([]) == ""
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:

@@ -238,3 +238,24 @@ def test_workflow_plans_a_transfer_instead_of_a_calibration_grid(tmp_path):
     work.write_config(config)
     bad = work.snakemake("-n", "--cores", "2", check=False)
     assert bad.returncode != 0 and "models.tiny_b.monitor_from is 'tiny_b'" in bad.output
+
+
+def test_score_accepts_the_transferred_monitor_and_repeats_its_provenance(family, tmp_path):
+    import xarray as xr
+    from typer.testing import CliRunner
+
+    from emtrait.monitor.cli import app
+
+    b = moved(family)
+    save_monitor(tmp_path / "B.skops", b)
+    steps = np.array([0, 10, 20])
+    drift = np.outer(steps / 20, np.full(len(b.traits), 0.1))
+    run = xr.Dataset({"drift": (("step", "trait"), drift)},
+                     coords={"step": steps, "trait": np.array(b.traits, dtype=object)},
+                     attrs={"layer": b.meta["layer"]})
+    write_store(run, tmp_path / "measure.zarr")
+    res = CliRunner().invoke(app, ["score", "--monitor", str(tmp_path / "B.skops"),
+                                   "--run", str(tmp_path / "measure.zarr")])
+    assert res.exit_code == 0, res.output
+    assert "monitor B" in res.output
+    assert "provenance: transferred from A, not calibrated on B" in res.output

@@ -79,6 +79,11 @@ class ModelEntry(Section):
         "within traits.tie_tolerance are broken by traits.tie_breaker."
     )
     stress: bool = Field(False, description="A stress-test model (e.g. 14B), not calibration.")
+    monitor_from: str | None = Field(
+        None, description="Another model's name: this model gets that model's calibrated "
+        "monitor moved onto it (`emtrait monitor transfer`, its own directions and l*) instead "
+        "of a calibration grid; its datasets are all scored as held out (docs/transfer.md)."
+    )
     resources: Resources = Field(default_factory=Resources)
     training: dict[str, Any] = Field(
         default_factory=dict,

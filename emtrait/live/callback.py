@@ -184,6 +184,7 @@ class MonitorCallback(TrainerCallback):
             self._store = RunStore(path)
         if self.record is None:
             self.record = _monitor_record(self.monitor, self.every, self.on_alarm)
+            announce(self.monitor)
 
     def on_init_end(self, args, state, control, model=None, processing_class=None, **kw):
         """When the Trainer is built: load the monitor and refuse another base model."""
@@ -330,9 +331,20 @@ class MonitorCallback(TrainerCallback):
             self._store.truncate(self._stored_step)  # steps after the checkpoint are redone
 
 
+def announce(live: LiveMonitor) -> None:
+    """The callback's first log line: whose monitor this is and where its calibration came
+    from (a transferred monitor says it was not calibrated on this model, as a warning)."""
+    from emtrait.monitor.artifact import origin_line
+
+    meta = live.monitor.meta
+    line = f"emtrait monitor for {meta.get('model', '?')}: {origin_line(meta)}"
+    (log.warning if "transfer" in meta else log.info)(line)
+
+
 def _monitor_record(live: LiveMonitor, every: int, on_alarm: Any) -> RunRecord:
     """The run store of a monitored finetune: the workflow's run-store attrs plus where the
     readings came from; coordinates from the monitor file."""
+    from emtrait.monitor.artifact import origin_line
     from emtrait.provenance import provenance
 
     meta = live.monitor.meta
@@ -343,7 +355,7 @@ def _monitor_record(live: LiveMonitor, every: int, on_alarm: Any) -> RunRecord:
                        measured_layers=[int(meta["layer"])], n_prompts=len(meta["prompts"]),
                        source="emtrait.live.MonitorCallback", every=every,
                        on_alarm=on_alarm if isinstance(on_alarm, str) else "callable",
-                       monitor=str(live.path or ""))
+                       monitor=str(live.path or ""), monitor_origin=origin_line(meta))
     return RunRecord(attrs=attrs,
                      prompt_categories=meta.get("prompt_categories") or [""] * len(meta["prompts"]),
                      trait_sets=[str(meta.get("trait_set", "monitor"))] * len(live.traits),

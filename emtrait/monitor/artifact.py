@@ -30,7 +30,8 @@ if TYPE_CHECKING:
     from emtrait.monitor.protocol import Prediction
 
 __all__ = ["FORMAT", "NORM0_POLICY", "VERSION", "ModelMismatchError", "Monitor",
-           "check_fingerprint", "live_meta", "load_monitor", "model_fingerprint", "run_drift",
+           "check_fingerprint", "live_meta", "load_monitor", "model_fingerprint", "origin_line",
+           "run_drift",
            "save_monitor", "stored_model_fingerprint"]
 
 FORMAT = "emtrait-monitor"
@@ -68,11 +69,23 @@ class Monitor:
         from emtrait.monitor.protocol import verdict
 
         x = np.asarray(drift, float)
+        if "drift_scale" in self.meta:  # a transferred monitor's few-run recalibration
+            x = x * np.asarray(self.meta["drift_scale"], float)
         if self.meta["include_step"]:
             x = np.column_stack([x, np.asarray(steps, float)])
         pred = np.clip(self.regressor.predict(x), 0.0, 1.0)
         return verdict(pred, threshold=self.meta["threshold"], sigma=self.meta["sigma"],
                        alarm_threshold=self.meta["alarm_threshold"])
+
+
+def origin_line(meta: dict) -> str:
+    """Where a monitor's calibration comes from, in words: "calibrated on M" or, for a monitor
+    made by `emtrait monitor transfer`, "transferred from A, not calibrated on B" (and what a
+    few-run recalibration refitted)."""
+    transfer = meta.get("transfer")
+    if transfer:
+        return str(transfer["statement"])
+    return f"calibrated on {meta.get('model', '?')}"
 
 
 def save_monitor(path: str | os.PathLike, monitor: Monitor) -> None:

@@ -148,7 +148,7 @@ def score(
     """Print per-step risk of a run: predicted EM rate, alarm probability, alarm."""
     import pandas as pd
 
-    from emtrait.monitor.artifact import load_monitor, run_drift
+    from emtrait.monitor.artifact import load_monitor, origin_line, run_drift
 
     mon = load_monitor(monitor)
     steps, drift = run_drift(mon, run)
@@ -156,9 +156,82 @@ def score(
     table = pd.DataFrame({"step": steps, **res.columns()})
     typer.echo(f"monitor {mon.meta['model']} ({mon.meta['regressor_name']}, alarm when "
                f"P(EM > {mon.meta['threshold']:.3f}) > {mon.meta['alarm_threshold']:g}) on {run}")
+    typer.echo(f"provenance: {origin_line(mon.meta)}")
     typer.echo(f"{'step':>6} {'pred_em':>8} {'alarm_p':>8}  alarm")
     for r in table.itertuples():
         typer.echo(f"{r.step:>6d} {r.pred_em:>8.3f} {r.alarm_prob:>8.3f}  "
                    f"{'ALARM' if r.alarm else '-'}")
     if out is not None:
         _csv(table, out)
+
+
+def _run_key(text: str) -> tuple[str, int]:
+    from emtrait.errors import ConfigError
+
+    dataset, _, seed = text.rpartition(":")
+    if not dataset or not seed.lstrip("-").isdigit():
+        raise ConfigError(f"--run '{text}' is not DATASET:SEED (e.g. bad_medical:42)")
+    return dataset, int(seed)
+
+
+@app.command("transfer")
+def transfer_command(
+    config: Path = CONFIG,
+    monitor: Path = typer.Option(..., "--monitor", help="The calibrated monitor.skops of "
+                                 "another model (format 2)."),
+    model: str = typer.Option(..., "--model", help="The new model's name under `models`."),
+    pointer: Path = typer.Option(..., "--pointer", help="The new model's pointer (model.json)."),
+    directions: Path = typer.Option(..., "--directions", help="The new model's directions.zarr "
+                                    "(`emtrait traits extract`: its l* by its selector)."),
+    out: Path = typer.Option(..., "--out", help="Monitor archive to write for the new model."),
+    runs: Path = typer.Option(None, "--runs", help="Few-run recalibration: a cube of the new "
+                              "model holding labelled runs, at least one dangerous and one "
+                              "benign."),
+    run: list[str] = typer.Option(None, "--run", help="DATASET:SEED of a run in --runs to use "
+                                  "(repeat; default: every run there)."),
+    method: str = typer.Option("scale", "--method", help="What --runs refits: 'scale' (a drift "
+                               "scale per trait) or 'threshold' (the alarm's EM threshold)."),
+) -> None:
+    """Move a calibrated monitor onto another base model without its own calibration grid."""
+    from emtrait.config import load_config
+    from emtrait.cube.read import open_cube
+    from emtrait.monitor.artifact import load_monitor, save_monitor
+    from emtrait.monitor.transfer import describe, recalibrate, transfer_monitor
+
+    cfg = load_config(config)
+    cfg.model(model)
+    moved = transfer_monitor(load_monitor(monitor), cfg, model, pointer, directions,
+                             source=monitor)
+    if runs is not None:
+        moved = recalibrate(moved, open_cube(runs), runs=[_run_key(r) for r in run or []],
+                            method=method, where=str(runs))
+    save_monitor(out, moved)
+    typer.echo(f"{describe(moved)} -> {out}")
+
+
+@app.command("transfer-evaluate")
+def transfer_evaluate_command(
+    config: Path = CONFIG,
+    model: str = MODEL,
+    cube: Path = CUBE,
+    monitor: Path = typer.Option(..., "--monitor", help="The model's transferred monitor.skops."),
+    predictions: Path = typer.Option(..., "--predictions", help="transfer_predictions.csv"),
+    metrics_csv: Path = typer.Option(..., "--metrics", help="transfer.csv to write."),
+) -> None:
+    """Score a transferred monitor on its model's whole grid: zero-shot, few-run, own LOPO."""
+    from emtrait.config import load_config
+    from emtrait.cube.read import open_cube
+    from emtrait.monitor.artifact import load_monitor, origin_line
+    from emtrait.monitor.transfer_eval import transfer_metrics
+
+    cfg = load_config(config)
+    ds = open_cube(cube)
+    _check_model(ds, model, cube)
+    mon = load_monitor(monitor)
+    pred, metrics = transfer_metrics(ds, mon, cfg)
+    _csv(pred, predictions)
+    _csv(metrics, metrics_csv)
+    typer.echo(f"monitor of {mon.meta['model']}: {origin_line(mon.meta)}")
+    for r in metrics[metrics.dataset == "pooled"].itertuples():
+        typer.echo(f"{r.condition:>18}: AUROC {r.auroc:.3f} [{r.auroc_lo:.3f}, {r.auroc_hi:.3f}]"
+                   f" p = {r.auroc_p:.3g}, FNR {r.fnr:.3f}, FPR {r.fpr:.3f} ({r.n_runs} runs)")

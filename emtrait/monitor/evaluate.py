@@ -77,11 +77,19 @@ def fit_monitor(ds, cfg) -> tuple[Monitor, list[dict]]:
         "alarm_threshold": mcfg.alarm_threshold, "regressor_name": name, "sigma": sigma,
         "norm0_policy": NORM0_POLICY, "calibration": calib, "n_train": int(len(train)),
         "n_excluded_nan": n_excl, "trait_sets": sorted(set(cp.trait_sets)),
+        # per trait, the RMS drift past step 0 the regressor saw (a transfer's drift scale)
+        "drift_rms": _drift_rms(x[train, :len(traits)], cp.rows["step"].values[train]),
         # the axis `emtrait screen` scores data along (its risk); emtrait/screen/core.py
         "danger_axis": danger_axis(x[train, :len(traits)],
                                    cp.rows["dangerous"].values[train]).tolist(),
     }
     return Monitor(regressor=regressor, directions=dirs, meta=meta), table
+
+
+def _drift_rms(x: np.ndarray, steps: np.ndarray) -> list[float]:
+    """Per column, the root mean square of the rows past step 0 (step 0's drift is 0)."""
+    moved = x[steps != 0]
+    return np.sqrt(np.mean(np.square(moved), axis=0)).tolist() if len(moved) else []
 
 
 def _frame(cp: Checkpoints, idx: np.ndarray, **cols):

@@ -41,6 +41,9 @@ def build_command(
                                              "screen-vs-outcome figure (.png|.svg); repeat."),
     screen_table: Path = typer.Option(None, "--screen-table", help="CSV of screen(dataset, "
                                       "trait) joined with the cube, to write."),
+    transfer: list[Path] = typer.Option([], "--transfer", help="transfer.csv of `emtrait "
+                                        "monitor transfer-evaluate`; repeat per transferred "
+                                        "model."),
     summary: Path = typer.Option(..., "--summary", help="summary.md to write."),
     ablation: Path = typer.Option(..., "--ablation", help="ablation.csv to write."),
     figure: list[Path] = typer.Option(..., "--figure", help="A figure to draw, named "
@@ -66,6 +69,10 @@ def build_command(
         from emtrait.report.screen import screen_section
 
         sections = screen_section(screen, cube, screen_figure, screen_table)
+    if transfer:
+        from emtrait.report.transfer import transfer_section
+
+        sections += ("\n" if sections else "") + transfer_section(transfer)
     build(inp, summary=summary, ablation=ablation, figure_files=figure,
           provenance=provenance(config_hash=cfg.hash()), sections=sections)
     typer.echo(summary.read_text())

@@ -116,7 +116,7 @@ def screen(data: str | os.PathLike | Any, *, monitor: str | os.PathLike | Monito
     of that many examples. Writes the per-example parquet to `out` (default: beside the data,
     `<name>.screen.parquet`) and the summary JSON beside it; returns both.
     """
-    from emtrait.monitor.artifact import check_fingerprint, load_monitor
+    from emtrait.monitor.artifact import check_fingerprint, load_monitor, origin_line
     from emtrait.provenance import provenance
     from emtrait.screen.calibration import read_calibration
     from emtrait.screen.core import run_screen
@@ -160,7 +160,8 @@ def screen(data: str | os.PathLike | Any, *, monitor: str | os.PathLike | Monito
                 data, (str, os.PathLike)) else f"{type(data).__name__} in memory",
             "data_sha256": sha,
             "trait_sets": {t: str(mon.meta.get("trait_set", "")) for t in mon.traits},
-            "norm0_policy": NORM0_POLICY, "monitor": where, "risk_definition":
+            "norm0_policy": NORM0_POLICY, "monitor": where,
+            "monitor_origin": origin_line(mon.meta), "risk_definition":
             RISK_DEFINITION[mode], "training": training_meta(scorer), "calibration": calib,
             **provenance(config_hash=str(mon.meta.get("provenance", {}).get("config_hash", "")),
                          model_source=location, seed=seed)}

@@ -10,14 +10,17 @@ rule report:
         pca=rules.pca.output.pca,
         final=rules.pca.output.final,
         trajectories=rules.pca.output.trajectories,
-        predictions=[f"{MONITOR}/predictions.csv".format(model=m) for m in MODELS],
-        metrics=[f"{MONITOR}/metrics.csv".format(model=m) for m in MODELS],
-        alarms=[f"{MONITOR}/alarms.csv".format(model=m) for m in MODELS],
-        selection=[f"{MONITOR}/selection.csv".format(model=m) for m in MODELS],
-        permutation_null=[f"{MONITOR}/permutation_null.csv".format(model=m) for m in MODELS],
+        predictions=[f"{MONITOR}/predictions.csv".format(model=m) for m in OWN_MONITOR_MODELS],
+        metrics=[f"{MONITOR}/metrics.csv".format(model=m) for m in OWN_MONITOR_MODELS],
+        alarms=[f"{MONITOR}/alarms.csv".format(model=m) for m in OWN_MONITOR_MODELS],
+        selection=[f"{MONITOR}/selection.csv".format(model=m) for m in OWN_MONITOR_MODELS],
+        permutation_null=[
+            f"{MONITOR}/permutation_null.csv".format(model=m) for m in OWN_MONITOR_MODELS
+        ],
         layers=[f"{MONITOR}/layers.csv".format(model=m) for m in MODELS],
         layer_selection=[f"results/traits/{m}/layer_selection.json" for m in MODELS],
         stress=[f"{transfer_dir(m)}/metrics.csv" for m in STRESS_MODELS],
+        transfer=[f"{MONITOR}/transfer.csv".format(model=m) for m in TRANSFERRED],
         cube=[cube(m) for m in MODELS],
         screen=SCREEN_SUMMARIES,
         code=emtrait_source("report/figures.py"),
@@ -68,6 +71,7 @@ rule report:
                 "layer_selection",
                 "layers",
                 "screen",
+                "transfer",
             )
             for path in input[key]
         ),

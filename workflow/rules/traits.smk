@@ -2,7 +2,7 @@
 # validation, layer selection (results/traits/{model}/directions.zarr) and their figures.
 # `config` is not a rerun trigger (config_file in common.smk); `traits` and `entry` carry what
 # the job depends on: a LoRA override or a memory bump must not re-extract the directions.
-NOT_EXTRACTION_KEYS = {"training", "resources", "stress"}
+NOT_EXTRACTION_KEYS = {"training", "resources", "stress", "monitor_from"}
 
 
 rule extract_traits:

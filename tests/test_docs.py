@@ -23,7 +23,8 @@ from pathlib import Path
 
 from helpers import REPO
 
-PUBLIC_MODULES = ["emtrait.live", "emtrait.screen", "emtrait.monitor.artifact"]
+PUBLIC_MODULES = ["emtrait.live", "emtrait.screen", "emtrait.monitor.artifact",
+                  "emtrait.monitor.transfer"]
 SCHEMA = json.loads((REPO / "config" / "schema.json").read_text())
 
 

@@ -205,7 +205,8 @@ def _with(**changes: Any) -> dict:
 # (changes as key__path=value, substrings the message must contain)
 NAMES_AND_STRINGS = [
     pytest.param(_with(models__m__source="embedded:smollm2-135m"),
-                 ["models.m.source", "smollm2-135m", "Did you mean 'smollm2-135m-instruct'"], id="embedded-model"),
+                 ["models.m.source", "smollm2-135m", "Did you mean 'smollm2-135m-instruct'"],
+                 id="embedded-model"),
     pytest.param(_with(models__m__source="organism:persona"), ["models.m.source", "persona",
                  "organisms"], id="organism"),
     pytest.param(_with(models__m__source="organism:"), ["models.m.source", "organism:<name"],

@@ -81,3 +81,69 @@ def open_store(path: str | os.PathLike, load: bool = True) -> Any:
         if load:
             ds = ds.load()
     return plain_text(ds)
+
+
+# ---------------------------------------------------------------------------------------------
+# reading another stage's output: what it needs, checked once, one message
+# ---------------------------------------------------------------------------------------------
+
+
+# What every reader of a run store (measure.zarr, written by RunStore) needs: `open_artifact`
+# keywords. Kept here, below both the measure package that writes it and the stages reading it.
+RUN_STORE: dict[str, Any] = {"variables": {"projection": ("step", "trait"),
+                                           "drift": ("step", "trait"),
+                                           "activation": ("step", "prompt", "hidden")},
+                             "attrs": ("norm0",)}
+
+
+def artifact_error(path: str | os.PathLike, problem: str, rule: str) -> Any:
+    """The StoreError of a stage input that is not what the reader needs: the file, what is
+    wrong, and the rule whose rerun rebuilds it (every reader of another stage's output)."""
+    from emtrait.errors import StoreError
+
+    return StoreError(f"{path}: {problem}; rebuild it with `snakemake --forcerun {rule}` (or "
+                      "rerun the emtrait command that wrote it)")
+
+
+def check_artifact(ds: Any, path: str | os.PathLike, *, rule: str, what: str,
+                   variables: dict[str, tuple[str, ...] | None] | None = None,
+                   coords: tuple[str, ...] = (), attrs: tuple[str, ...] = (),
+                   model: str | None = None) -> Any:
+    """`ds` if it has every variable (with the given dims; None: any), coordinate and
+    attribute a reader needs and, when `model` is given, was written for that model."""
+    missing = []
+    for name, dims in (variables or {}).items():
+        if name not in ds.variables:
+            missing.append(f"variable '{name}'")
+        elif dims is not None and tuple(ds[name].dims) != tuple(dims):
+            missing.append(f"variable '{name}' with dims {tuple(dims)} (it has "
+                           f"{tuple(ds[name].dims)})")
+    missing += [f"coordinate '{c}'" for c in coords if c not in ds.coords]
+    missing += [f"attribute '{a}'" for a in attrs if a not in ds.attrs]
+    if missing:
+        raise artifact_error(path, f"not a {what} this emtrait reads: it lacks "
+                             f"{', '.join(missing)} (written by an older emtrait, another "
+                             "tool, or cut short)", rule)
+    if model is not None and ds.attrs.get("model") != model:
+        raise artifact_error(path, f"this {what} was written for model "
+                             f"{ds.attrs.get('model')!r}, not {model!r} (another model's "
+                             "output passed in its place?)", rule)
+    return ds
+
+
+def open_artifact(path: str | os.PathLike, *, rule: str, what: str, load: bool = True,
+                  **needs: Any) -> Any:
+    """Open a store another stage wrote and check what the reader needs (`check_artifact`'s
+    keywords); absent, interrupted or unreadable stores are one StoreError naming `rule`."""
+    p = Path(path)
+    if not (p / "zarr.json").is_file():
+        problem = (f"{what} does not exist" if not p.exists() else
+                   f"not a Zarr store (no zarr.json): a {what} whose write was interrupted, or "
+                   "another kind of folder")
+        raise artifact_error(p, problem, rule)
+    try:
+        ds = open_store(p, load=load)
+    except Exception as e:  # zarr raises many types for a damaged store
+        raise artifact_error(p, f"not a readable {what} ({type(e).__name__}: {e})",
+                             rule) from None
+    return check_artifact(ds, p, rule=rule, what=what, **needs)

@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from emtrait.errors import DataError, StoreError
+from emtrait.errors import DataError
 
 FILE = "screen_calibration.json"
 THRESHOLD_RULE = ("midpoint between the highest benign and the lowest dangerous calibration "
@@ -66,10 +66,22 @@ def read_calibration(monitor: str | os.PathLike) -> dict[str, Any] | None:
     path = calibration_path(monitor)
     if not path.is_file():
         return None
+    from emtrait.errors import ConfigError, check_number
+    from emtrait.stores import artifact_error
+
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise StoreError(f"{path} is not valid JSON ({e}); rerun rule screen_calibration") from None
+        calib = json.loads(path.read_text())
+        missing = [k for k in ("datasets", "threshold", "threshold_rule") if k not in calib]
+    except (json.JSONDecodeError, TypeError) as e:
+        raise artifact_error(path, f"not valid JSON ({e})", "screen_calibration") from None
+    if missing:
+        raise artifact_error(path, f"not a screen calibration: it lacks {missing}",
+                             "screen_calibration")
+    try:  # the gate's default threshold: NaN would pass every dataset
+        check_number(calib["threshold"], "its threshold")
+    except ConfigError as e:
+        raise artifact_error(path, str(e), "screen_calibration") from None
+    return calib
 
 
 def place(score: float, calibration: dict[str, Any]) -> str:

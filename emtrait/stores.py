@@ -57,9 +57,34 @@ def storable(ds: Any) -> Any:
 
 
 def write_zarr(ds: Any, path: str | os.PathLike, encoding: dict | None = None) -> None:
-    """Write a Dataset to a fresh Zarr store at `path` (the one `to_zarr` call of emtrait)."""
-    storable(ds).to_zarr(path, mode="w", zarr_format=3, consolidated=False,
-                         encoding=encoding or {})
+    """Write a Dataset to a fresh Zarr store at `path` (the one `to_zarr` call of emtrait).
+
+    When a write fails (a full disk), zarr's other chunk writes of the same call are still in
+    flight on its event loop; they are waited for before the error propagates, so the caller's
+    cleanup of a temporary store is not raced by writes recreating it."""
+    try:
+        storable(ds).to_zarr(path, mode="w", zarr_format=3, consolidated=False,
+                             encoding=encoding or {})
+    except BaseException:
+        _drain_zarr_writes()
+        raise
+
+
+def _drain_zarr_writes() -> None:
+    """Wait for every task still running on zarr's I/O event loop (their errors are dropped)."""
+    import asyncio
+
+    from zarr.core.sync import sync
+
+    async def drain() -> None:
+        me = asyncio.current_task()
+        await asyncio.gather(*(t for t in asyncio.all_tasks() if t is not me),
+                             return_exceptions=True)
+
+    try:
+        sync(drain())
+    except Exception:  # noqa: S110 - best effort: the original error is what matters
+        pass
 
 
 def write_store(ds: Any, path: str | os.PathLike, encoding: dict | None = None) -> None:
@@ -94,6 +119,20 @@ RUN_STORE: dict[str, Any] = {"variables": {"projection": ("step", "trait"),
                                            "drift": ("step", "trait"),
                                            "activation": ("step", "prompt", "hidden")},
                              "attrs": ("norm0",)}
+
+
+def run_cut_short(ds: Any) -> str | None:
+    """Why a run store is not a whole run (None when it is): its steps are not the checkpoint
+    plan it carries (attrs `checkpoint_steps`) and no monitor stopped it (attrs `stop_reason`).
+    A finished run is published whole; this catches one copied or kept from mid-run."""
+    planned = ds.attrs.get("checkpoint_steps")
+    if planned is None or "stop_reason" in ds.attrs:
+        return None
+    stored = [int(s) for s in ds["step"].values]
+    if stored != [int(s) for s in planned]:
+        return (f"a run cut short or mixed: it holds steps {stored} but its run planned "
+                f"{[int(s) for s in planned]}")
+    return None
 
 
 def artifact_error(path: str | os.PathLike, problem: str, rule: str) -> Any:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from emtrait.errors import StoreError
 from emtrait.provenance import provenance
-from emtrait.stores import RUN_STORE, artifact_error, open_artifact
+from emtrait.stores import RUN_STORE, artifact_error, open_artifact, run_cut_short
 
 if TYPE_CHECKING:
     import numpy as np
@@ -46,8 +46,12 @@ LABEL_RULES = "behavior_label behavior_choice"  # the rules that write em.json
 
 def _open_run(store: Path) -> xr.Dataset:
     variables = {**RUN_STORE["variables"], "direction": ("trait", "hidden")}
-    return open_artifact(store, rule="finetune", what="run store",
-                         **{**RUN_STORE, "variables": variables})
+    ds = open_artifact(store, rule="finetune", what="run store",
+                       **{**RUN_STORE, "variables": variables, "coords": ("trait_set",)})
+    problem = run_cut_short(ds)
+    if problem:
+        raise artifact_error(store, problem, "finetune")
+    return ds
 
 
 def read_labels(model: str, em_files: list[Path]) -> dict[Checkpoint, dict]:
@@ -109,7 +113,9 @@ def _read_runs(cfg: Config, model: str, stores: list[Path]) -> dict[tuple[str, i
     for store in map(Path, stores):
         ds = _open_run(store)
         if ds.attrs.get("model") != model:
-            raise StoreError(f"{store} measured model {ds.attrs.get('model')!r}, not {model!r}")
+            raise artifact_error(store, f"measured model {ds.attrs.get('model')!r}, not "
+                                 f"{model!r} (another model's run passed in its place?)",
+                                 "finetune")
         key = (str(ds.attrs["dataset"]), int(ds.attrs["seed"]))
         if key in runs:
             raise StoreError(f"two runs of dataset {key[0]} seed {key[1]} (second: {store})")

@@ -77,7 +77,7 @@ def _fields(schema: dict, node: dict, path: tuple) -> list[tuple[tuple, dict]]:
 
 
 CONSTRAINTS = ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum", "minLength",
-               "minItems", "minProperties", "uniqueItems", "enum", "pattern", "format")
+               "minItems", "minProperties", "uniqueItems", "enum", "pattern", "format", "const")
 
 
 def _constraints(node: dict) -> dict:
@@ -149,6 +149,8 @@ def _breaking(path: tuple, rule: str, bound: Any) -> Any:
     if rule == "pattern":
         assert not re.search(bound, BAD_NAME)
         return BAD_NAME
+    if rule == "const":
+        return f"not-{bound}"
     if rule == "format":
         return "not a url"
     raise AssertionError(rule)
@@ -177,6 +179,28 @@ def test_the_schema_has_constrained_fields_to_try():
     assert sections >= {"models", "datasets", "training", "behavior", "monitor", "screen",
                         "traits", "organisms", "variants", "measurement"}
     assert len(CONSTRAINED) > 60 and len(NUMBERS) > 10
+
+
+# schema keywords that describe or structure, and constrain nothing
+STRUCTURE = {"$schema", "$defs", "$ref", "title", "description", "default", "type", "anyOf",
+             "properties", "patternProperties", "additionalProperties", "items", "required"}
+
+
+def _keywords(node: object) -> set[str]:
+    if isinstance(node, dict):
+        return set(node) | {k for key, v in node.items() if key not in ("default",)
+                            for k in _keywords(v if key not in ("properties", "$defs",
+                                                                "patternProperties")
+                                               else list(v.values()))}
+    if isinstance(node, list):
+        return {k for v in node for k in _keywords(v)}
+    return set()
+
+
+def test_every_schema_keyword_is_one_this_file_knows_how_to_break():
+    """A new kind of constraint (multipleOf, maxItems, ...) fails here until `_breaking`
+    learns to break it, instead of passing untested."""
+    assert _keywords(SCHEMA) - STRUCTURE - set(CONSTRAINTS) == set()
 
 
 @pytest.mark.parametrize(("path", "rule", "bound"), CONSTRAINED,

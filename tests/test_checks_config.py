@@ -231,8 +231,6 @@ NAMES_AND_STRINGS = [
     pytest.param(_with(models__m__source="embedded:smollm2-135m"),
                  ["models.m.source", "smollm2-135m", "Did you mean 'smollm2-135m-instruct'"],
                  id="embedded-model"),
-    pytest.param(_with(models__m__source="organism:persona"), ["models.m.source", "persona",
-                 "organisms"], id="organism"),
     pytest.param(_with(models__m__source="organism:"), ["models.m.source", "organism:<name"],
                  id="organism-empty"),
     pytest.param(_with(datasets__d__builtin="bad_medicle"), ["datasets.d.builtin",
@@ -278,9 +276,9 @@ def test_names_must_resolve_and_strings_must_parse(data, expected):
 
 # ------------------------------------------- combinations: `emtrait config check`, exit code 2
 
-def _config(tmp_path, datasets: dict, **extra: Any):
-    data = {"models": {"m": {"source": "embedded:smollm2-135m-instruct",
-                             "candidate_layers": [9]}},
+def _config(tmp_path, datasets: dict, source: str = "embedded:smollm2-135m-instruct",
+            **extra: Any):
+    data = {"models": {"m": {"source": source, "candidate_layers": [9]}},
             "datasets": datasets, "training": {"seeds": [1]}, **extra}
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -291,22 +289,26 @@ def _ds(label: str, role: str = "calibration", builtin: str = "bad_medical") -> 
     return {"builtin": builtin, "label": label, "role": role, "n": 10}
 
 
-COMBINATIONS = [
-    pytest.param({"a": _ds("dangerous"), "b": _ds("dangerous")},
+EMBEDDED = "embedded:smollm2-135m-instruct"
+COMBINATIONS = [  # (datasets, the model's source, substrings of the message)
+    pytest.param({"a": _ds("dangerous"), "b": _ds("dangerous")}, EMBEDDED,
                  ["no calibration dataset has label 'benign'", "label: benign"], id="no-benign"),
-    pytest.param({"a": _ds("benign"), "b": _ds("benign")},
+    pytest.param({"a": _ds("benign"), "b": _ds("benign")}, EMBEDDED,
                  ["no calibration dataset has label 'dangerous'"], id="no-dangerous"),
-    pytest.param({"a": _ds("dangerous"), "b": _ds("benign", "heldout")},
+    pytest.param({"a": _ds("dangerous"), "b": _ds("benign", "heldout")}, EMBEDDED,
                  ["1 with role 'calibration'", "leave-one-perturbation-out"], id="lopo"),
-    pytest.param({"a": _ds("dangerous"), "b": _ds("benign"), "c": _ds("unknown")},
+    pytest.param({"a": _ds("dangerous"), "b": _ds("benign"), "c": _ds("unknown")}, EMBEDDED,
                  ["datasets ['c']", "label 'unknown'"], id="unknown-class"),
+    pytest.param({"a": _ds("dangerous"), "b": _ds("benign")}, "organism:persona",
+                 ["models.m.source", "no organism 'persona'", "build_organism"],
+                 id="organism"),
 ]
 
 
-@pytest.mark.parametrize(("datasets", "expected"), COMBINATIONS)
-def test_config_check_refuses_combinations_later_stages_cannot_use(tmp_path, datasets,
+@pytest.mark.parametrize(("datasets", "source", "expected"), COMBINATIONS)
+def test_config_check_refuses_combinations_later_stages_cannot_use(tmp_path, datasets, source,
                                                                    expected):
-    path = _config(tmp_path, datasets)
+    path = _config(tmp_path, datasets, source)
     code, output = emtrait_exit("config", "check", str(path))
     assert code == 2, output
     assert "Traceback" not in output and output.startswith("emtrait: error: ")

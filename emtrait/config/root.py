@@ -74,18 +74,6 @@ class Config(Section):
         return data
 
     @model_validator(mode="after")
-    def _organisms_are_defined(self) -> Config:
-        for name, entry in self.models.items():
-            if entry.source.startswith("organism:"):
-                organism = entry.source.split(":", 1)[1]
-                if organism not in self.organisms:
-                    hint = did_you_mean(organism, list(self.organisms))
-                    raise ValueError(f"models.{name}.source: no organism '{organism}' under "
-                                     f"organisms.{hint} Known: {sorted(self.organisms)}; add an "
-                                     "entry there or fix the name")
-        return self
-
-    @model_validator(mode="after")
     def _baselines_are_extracted(self) -> Config:
         for i, name in enumerate(self.monitor.baselines):
             check_feature_set(name, list(self.traits.sets), key=f"monitor.baselines[{i}]")
@@ -257,6 +245,13 @@ def workflow_problems(cfg: Config) -> list[str]:
                 f"{labels}); the monitor cannot be fitted or validated on one class (rule "
                 f"monitor_fit would fail after every finetune) — add a `label: {label}, role: "
                 "calibration` dataset")
+    for name, entry in cfg.models.items():  # rule build_organism reads the entry
+        organism = entry.source.split(":", 1)[1] if entry.source.startswith("organism:") else None
+        if organism is not None and organism not in cfg.organisms:
+            hint = did_you_mean(organism, list(cfg.organisms))
+            problems.append(f"models.{name}.source: no organism '{organism}' under organisms."
+                            f"{hint} Known: {sorted(cfg.organisms)}; rule build_organism "
+                            "needs its entry: add one there or fix the name")
     unknown = [d for d, label in labels.items() if label == "unknown"]
     if unknown:
         problems.append(f"datasets {unknown}: role 'calibration' with label 'unknown'; the "

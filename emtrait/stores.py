@@ -170,6 +170,28 @@ def check_artifact(ds: Any, path: str | os.PathLike, *, rule: str, what: str,
     return ds
 
 
+def read_json_artifact(path: str | os.PathLike, *, rule: str, what: str,
+                       keys: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A JSON object another stage wrote, with every key in `keys`; absent, cut short, not an
+    object or lacking a key is one StoreError naming `rule` (`artifact_error`)."""
+    import json
+
+    p = Path(path)
+    if not p.is_file():
+        raise artifact_error(p, f"the {what} does not exist", rule)
+    try:
+        data = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise artifact_error(p, f"not valid JSON ({e}): a {what} cut short?", rule) from None
+    if not isinstance(data, dict):
+        raise artifact_error(p, f"not a {what} (a JSON {type(data).__name__}, not an object)",
+                             rule)
+    missing = [k for k in keys if k not in data]
+    if missing:
+        raise artifact_error(p, f"not a {what} this emtrait reads: it lacks {missing}", rule)
+    return data
+
+
 def open_artifact(path: str | os.PathLike, *, rule: str, what: str, load: bool = True,
                   **needs: Any) -> Any:
     """Open a store another stage wrote and check what the reader needs (`check_artifact`'s

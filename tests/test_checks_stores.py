@@ -170,6 +170,19 @@ def _other_model_run(p: Path) -> None:
     run_store(p, model="big")
 
 
+def _make_summary(tmp: Path) -> Path:
+    p = tmp / "bad_medical.json"
+    p.write_text(json.dumps({"model": "toy", "dataset": "bad_medical", "score": 0.1,
+                             "mode": "gradient", "n": 8}))
+    return p
+
+
+def _read_summary(p: Path) -> None:
+    from emtrait.report.screen import read_summaries
+
+    read_summaries([p])
+
+
 def _cut_short(p: Path) -> None:
     shutil.rmtree(p)
     run_store(p, steps=[0, 5])
@@ -224,6 +237,14 @@ CASES = [
                  id="em-other-model"),
     pytest.param(_make_em, _missing, _read_em, "behavior_label", "does not exist",
                  id="em-missing"),
+    pytest.param(_make_summary, lambda p: p.write_text('{"model": "to'), _read_summary,
+                 "screen", "not valid JSON", id="screen-summary-truncated"),
+    pytest.param(_make_summary, lambda p: p.write_text('{"model": "toy"}'), _read_summary,
+                 "screen", "lacks ['dataset'", id="screen-summary-older"),
+    pytest.param(_make_summary, lambda p: p.write_text("[]"), _read_summary, "screen",
+                 "not an object", id="screen-summary-not-a-summary"),
+    pytest.param(_make_summary, _missing, _read_summary, "screen", "does not exist",
+                 id="screen-summary-missing"),
 ]
 
 

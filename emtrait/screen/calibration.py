@@ -12,7 +12,6 @@ dataset falls among them and takes its default `--fail-above` from them:
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -67,16 +66,10 @@ def read_calibration(monitor: str | os.PathLike) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     from emtrait.errors import ConfigError, check_number
-    from emtrait.stores import artifact_error
+    from emtrait.stores import artifact_error, read_json_artifact
 
-    try:
-        calib = json.loads(path.read_text())
-        missing = [k for k in ("datasets", "threshold", "threshold_rule") if k not in calib]
-    except (json.JSONDecodeError, TypeError) as e:
-        raise artifact_error(path, f"not valid JSON ({e})", "screen_calibration") from None
-    if missing:
-        raise artifact_error(path, f"not a screen calibration: it lacks {missing}",
-                             "screen_calibration")
+    calib = read_json_artifact(path, rule="screen_calibration", what="screen calibration",
+                               keys=("datasets", "threshold", "threshold_rule"))
     try:  # the gate's default threshold: NaN would pass every dataset
         check_number(calib["threshold"], "its threshold")
     except ConfigError as e:

@@ -17,6 +17,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from emtrait.errors import ConfigError, did_you_mean
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+# a Hugging Face hub id: 'name' or 'org/name' (what `emtrait prepare` downloads)
+HUB_ID_PATTERN = r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 
 

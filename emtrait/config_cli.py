@@ -27,7 +27,7 @@ def schema(out: Path = typer.Option(None, help="Write here instead of stdout."))
 def check(config: Path = typer.Argument(..., help="Config YAML to validate.")) -> None:
     """Validate a config (as the whole workflow would run it) and print the runs and checkpoint
     steps it plans."""
-    from emtrait.config import workflow_problems
+    from emtrait.config import workflow_notes, workflow_problems
     from emtrait.config.datasets import size_note
     from emtrait.errors import ConfigError
 
@@ -43,6 +43,8 @@ def check(config: Path = typer.Argument(..., help="Config YAML to validate.")) -
         raise ConfigError(f"{config}: the whole workflow cannot run on this config:\n  - "
                           + "\n  - ".join(problems))
     typer.echo(f"{config}: valid (hash {cfg.hash()})")
+    for note in workflow_notes(cfg):
+        typer.echo(f"  note: {note}")
     for name, note in sizes.items():
         typer.echo(f"  dataset {name}: {note}")
     for model in cfg.models:

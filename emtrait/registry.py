@@ -147,6 +147,27 @@ REGRESSORS: Registry[Ref] = Registry("regressor", "monitor.regressors", {
     "gradient_boosting": Ref("emtrait.monitor.protocol:gradient_boosting"),
 })
 
+# `models.<name>.source: embedded:<name>`: the models `emtrait prepare model` builds offline
+# (their specs: emtrait.prepare.model.EMBEDDED, kept in step by tests/test_checks_config.py).
+EMBEDDED_MODELS: Registry[Ref] = Registry("embedded model", "source", {
+    "smollm2-135m-instruct": Ref("emtrait.prepare.model:EMBEDDED",
+                                 "SmolLM2-135M-Instruct, converted from a PyPI wheel"),
+})
+
+# `builtin:<name>` files shipped with emtrait: the trait prompt set (traits.file), the free-form
+# questions (behavior.questions) and the forced-choice items (behavior.choice_items).
+BUILTIN_FILES: Registry[Ref] = Registry("built-in file", "builtin", {
+    "emtrait": Ref("emtrait.traits.prompts:BUILTIN", "emtrait's own prompts and questions"),
+})
+
+
+def check_builtin(spec: str) -> str:
+    """`spec` unless it is a `builtin:<name>` that emtrait does not ship (did-you-mean)."""
+    if spec.startswith("builtin:"):
+        BUILTIN_FILES.check(spec.split(":", 1)[1], "",
+                            fix=" (write builtin:<name>, or give a file path)")
+    return spec
+
 
 def check_judge(kind: str, mode: str) -> str:
     """Config-load check: judge `kind` exists and supports `mode` (fails before any job runs)."""

@@ -334,3 +334,25 @@ def fit_tiny_monitor(model_dir: Path, out: Path, *, threshold: float = 0.05,
     }
     save_monitor(out, Monitor(regressor=regressor, directions=directions, meta=meta))
     return out
+
+
+def emtrait_exit(*args: str) -> tuple[int, str]:
+    """Run `emtrait ARGS` in this process through the real entry point (`emtrait.cli.main`,
+    which turns an EmtraitError into one line and exit 2): (exit code, stdout + stderr)."""
+    import contextlib
+    import io
+    import sys
+
+    from emtrait.cli import main
+
+    out, argv = io.StringIO(), sys.argv
+    sys.argv = ["emtrait", *args]
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+            main()
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        sys.argv = argv
+    return code, out.getvalue()

@@ -116,7 +116,7 @@ def test_a_missing_label_is_an_error_naming_the_checkpoint(runs):
     with pytest.raises(StoreError, match="labels good_medical/seed42/step-5"):
         merge_runs(config(), "toy", stores, gone)
     absent = em[0].parent / "nothing" / "em.json"
-    with pytest.raises(StoreError, match=f"{absent} does not exist"):
+    with pytest.raises(StoreError, match=f"{absent}: the behaviour label does not exist"):
         merge_runs(config(), "toy", stores, [*em, absent])
     em[1].write_text("{}")
     with pytest.raises(StoreError, match=f"{em[1]}: not an em.json"):
@@ -126,7 +126,7 @@ def test_a_missing_label_is_an_error_naming_the_checkpoint(runs):
 @pytest.mark.parametrize("case, message", [
     ("duplicate", "two runs of dataset bad_medical seed 7"),
     ("other_model", "measured model 'toy', not 'other'"),
-    ("folder", "is not a run store"),
+    ("folder", "not a Zarr store"),
     ("other_directions", "other directions"),
     ("unknown_dataset", "'insecure_code', which the config does not define"),
     ("no_runs", "no runs to merge"),

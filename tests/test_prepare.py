@@ -208,9 +208,9 @@ def test_checksum_mismatch_in_process(tmp_path):
 
 
 def test_unknown_embedded_model(tmp_path):
-    cfg = load_config(make_config(tmp_path, source="embedded:tinyllama"))
-    with pytest.raises(ConfigError, match="embedded:smollm2-135m-instruct"):
-        prepare_model(cfg, "m", tmp_path / "model.json")
+    """Refused when the config loads (emtrait.registry.EMBEDDED_MODELS), before any stage."""
+    with pytest.raises(ConfigError, match="models.m.source.*'tinyllama'.*smollm2-135m-instruct"):
+        load_config(make_config(tmp_path, source="embedded:tinyllama"))
     assert not (tmp_path / "model.json").exists()
 
 

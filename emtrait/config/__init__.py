@@ -28,7 +28,7 @@ from emtrait.config.measurement import MeasurementConfig
 from emtrait.config.models import ModelEntry, PretrainedSae, Resources
 from emtrait.config.monitor import MonitorConfig
 from emtrait.config.organisms import OrganismEntry
-from emtrait.config.root import Config, workflow_problems
+from emtrait.config.root import Config, workflow_notes, workflow_problems
 from emtrait.config.screen import ScreenConfig
 from emtrait.config.training import (
     LATER_TRAINING_KEYS,
@@ -49,5 +49,5 @@ __all__ = [
     "ScreenConfig", "Section", "StartFrom", "SteeringSelection", "TraitsConfig",
     "TrainingConfig", "UniqueKeyLoader", "VariantEntry", "check_unique_keys", "checkpoint_steps",
     "from_dict", "json_schema", "load_config", "total_steps", "training_params",
-    "updates_per_epoch", "without_nulls", "workflow_problems",
+    "updates_per_epoch", "without_nulls", "workflow_notes", "workflow_problems",
 ]

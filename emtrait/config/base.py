@@ -10,19 +10,61 @@ from __future__ import annotations
 
 import typing
 from typing import Annotated, Any
+from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from emtrait.errors import ConfigError, did_you_mean
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+# a Hugging Face hub id: 'name' or 'org/name' (what `emtrait prepare` downloads)
+HUB_ID_PATTERN = r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 
 
-class Section(BaseModel):
-    """Base of every config section: unknown keys are errors, not silent defaults."""
+def _unique(v: list | None) -> list | None:
+    """Reject a list that repeats an entry (a repeated seed or layer would run twice or clash)."""
+    if v is not None:
+        repeated = sorted({str(x) for x in v if v.count(x) > 1})
+        if repeated:
+            raise ValueError(f"entries must be unique; {repeated} given more than once: remove "
+                             "the repeats")
+    return v
 
-    model_config = ConfigDict(extra="forbid", validate_default=True, frozen=True)
+
+def _http_url(v: str) -> str:
+    """Reject an endpoint that is not an http(s) URL with a host (it would fail at first call)."""
+    url = urlparse(v)
+    if url.scheme not in ("http", "https") or not url.netloc:
+        raise ValueError(f"'{v}' is not an http(s) URL with a host; write it like "
+                         "https://api.openai.com/v1 or http://localhost:8000/v1")
+    return v
+
+
+# Lists whose entries must be unique (the JSON-Schema says `uniqueItems`), and endpoint URLs.
+UniqueInts = Annotated[list[int], AfterValidator(_unique),
+                       Field(json_schema_extra={"uniqueItems": True})]
+UniqueStrs = Annotated[list[str], AfterValidator(_unique),
+                       Field(json_schema_extra={"uniqueItems": True})]
+UniqueNames = Annotated[list[Name], AfterValidator(_unique),
+                        Field(json_schema_extra={"uniqueItems": True})]
+
+
+def unique_list(item: Any) -> Any:
+    """`list[item]` whose entries must be unique (for item types other than int, str, Name)."""
+    return Annotated[list[item], AfterValidator(_unique),
+                     Field(json_schema_extra={"uniqueItems": True})]
+
+
+HttpUrl = Annotated[str, AfterValidator(_http_url), Field(json_schema_extra={"format": "uri"})]
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, not silent defaults, and no number
+    is NaN or infinite (YAML's .nan/.inf would pass every range check and no gate could fail)."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True, frozen=True,
+                              allow_inf_nan=False)
 
 
 def config_error(err: ValidationError, source: str = "config", prefix: tuple = (),
@@ -34,6 +76,7 @@ def config_error(err: ValidationError, source: str = "config", prefix: tuple = (
     """
     lines = []
     for e in err.errors():
+        e = {**e, "loc": _user_loc(e["loc"])}
         loc = ".".join(str(p) for p in (*prefix, *e["loc"]))
         if e["type"] == "extra_forbidden":
             parent = ".".join(str(p) for p in (*prefix, *e["loc"][:-1]))
@@ -47,6 +90,18 @@ def config_error(err: ValidationError, source: str = "config", prefix: tuple = (
         else:
             lines.append(f"  {loc}: {e['msg']} (got {e.get('input')!r})")
     return ConfigError(f"{source}: invalid configuration:\n" + "\n".join(lines))
+
+
+def _user_loc(loc: tuple) -> tuple:
+    """A pydantic error location without the union-member tags it inserts (`list[str]`,
+    `function-after[...]`, a section class name): only keys the user wrote."""
+    sections = set()
+    todo = [Section]
+    while todo:
+        cls = todo.pop()
+        sections.add(cls.__name__)
+        todo += cls.__subclasses__()
+    return tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or p in sections)))
 
 
 def known_keys(root: type[BaseModel], loc: tuple) -> list[str]:

@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from emtrait.config.base import Section
+from emtrait.config.base import HUB_ID_PATTERN, Section
 from emtrait.errors import ConfigError
 from emtrait.registry import GENERATORS
 
@@ -48,7 +48,8 @@ class DatasetEntry(Section):
         None, description="Local file (.jsonl, .json, .csv, .parquet) or a folder written by "
         "`datasets`' save_to_disk."
     )
-    hub: str | None = Field(None, description="Hugging Face hub dataset id, e.g. openai/gsm8k.")
+    hub: str | None = Field(None, pattern=HUB_ID_PATTERN,
+                            description="Hugging Face hub dataset id, e.g. openai/gsm8k.")
     config: str | None = Field(None, description="Hub dataset configuration, e.g. 'main'.")
     split: str = Field("train", description="Split of a hub dataset or save_to_disk folder.")
     revision: str | None = Field(None, description="Hub revision (commit/tag) to pin.")

@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from emtrait.config.base import Section
-from emtrait.registry import SELECTORS
+from emtrait.registry import EMBEDDED_MODELS, SELECTORS
 
 
 class Resources(Section):
@@ -69,7 +69,8 @@ class ModelEntry(Section):
         None, ge=1, description="Decoder blocks; checked against the model when it loads."
     )
     candidate_layers: list[int] = Field(
-        ..., min_length=1, description="Decoder-block indices (0-based) considered for l*."
+        ..., min_length=1, json_schema_extra={"uniqueItems": True},
+        description="Decoder-block indices (0-based) considered for l*."
     )
     layer: int | Literal["auto"] = Field("auto", description="Fixed l*, or 'auto' to select.")
     layer_selector: str = Field(
@@ -93,6 +94,16 @@ class ModelEntry(Section):
         None, description="Pretrained SAE for the monitor's SAE baseline at l* (needs "
         "`pip install emtrait[sae]`); null = train one on the runs' own activations."
     )
+
+    @field_validator("source")
+    @classmethod
+    def _known_embedded(cls, v: str) -> str:
+        if v.startswith("embedded:"):
+            EMBEDDED_MODELS.check(v.split(":", 1)[1], "")
+        if v.startswith("organism:") and not v.split(":", 1)[1]:
+            raise ValueError("'organism:' names no organism; write organism:<name of an entry "
+                             "under organisms>")
+        return v
 
     @field_validator("layer_selector")
     @classmethod

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from emtrait.config.base import Section
+from emtrait.config.base import Section, UniqueStrs, unique_list
 from emtrait.registry import REGRESSORS
 
 # The registered regressor names as a Literal, so the JSON schema lists them (an enum).
@@ -16,13 +16,13 @@ Regressor = Literal[tuple(REGRESSORS.names())]  # type: ignore[misc]
 class MonitorConfig(Section):
     """Drift-to-EM monitor, its validation and baselines."""
 
-    regressors: list[Regressor] = Field(  # type: ignore[valid-type]
+    regressors: unique_list(Regressor) = Field(  # type: ignore[valid-type]
         default_factory=REGRESSORS.names, min_length=1,
         description="Candidates; the one with the best LOPO error on calibration runs is kept.",
     )
     include_step: bool = Field(False, description="Add the step as an eighth feature.")
     threshold: float = Field(0.05, ge=0, le=1, description="Flag when predicted EM exceeds it.")
-    baselines: list[str] = Field(
+    baselines: UniqueStrs = Field(
         default_factory=lambda: ["pc1", "loss", "pca7", "sae", "semantic7", "random7"],
         description="Feature sets compared with the trait monitor under the same protocol: "
         "names in emtrait.registry.FEATURE_SETS or trait sets of traits.sets. Left "

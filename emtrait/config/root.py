@@ -5,6 +5,7 @@ Cross-checks that need an implementation's names ask `emtrait.registry`, never a
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from pydantic import Field, ValidationError, model_validator
@@ -76,6 +77,16 @@ class Config(Section):
     def _baselines_are_extracted(self) -> Config:
         for i, name in enumerate(self.monitor.baselines):
             check_feature_set(name, list(self.traits.sets), key=f"monitor.baselines[{i}]")
+        return self
+
+    @model_validator(mode="after")
+    def _model_training_ok(self) -> Config:
+        """Each model's training overrides are checked at load, not when its finetune starts."""
+        for model in self.models:
+            try:
+                self.training_for(model)
+            except ConfigError as e:  # keep only the lines naming the bad keys
+                raise ValueError(str(e).split("\n", 1)[-1].strip()) from None
         return self
 
     @model_validator(mode="after")
@@ -226,4 +237,54 @@ def workflow_problems(cfg: Config) -> list[str]:
             f"datasets: {len(calibration)} with role 'calibration' ({calibration}); the monitor's "
             "leave-one-perturbation-out needs at least two (rule monitor_fit would fail after "
             "every finetune) — mark more datasets `role: calibration`")
+    labels = {d: cfg.datasets[d].label for d in calibration}
+    for label in ("dangerous", "benign"):
+        if calibration and label not in labels.values():
+            problems.append(
+                f"datasets: no calibration dataset has label '{label}' (calibration labels: "
+                f"{labels}); the monitor cannot be fitted or validated on one class (rule "
+                f"monitor_fit would fail after every finetune) — add a `label: {label}, role: "
+                "calibration` dataset")
+    for name, entry in cfg.models.items():  # rule build_organism reads the entry
+        organism = entry.source.split(":", 1)[1] if entry.source.startswith("organism:") else None
+        if organism is not None and organism not in cfg.organisms:
+            hint = did_you_mean(organism, list(cfg.organisms))
+            problems.append(f"models.{name}.source: no organism '{organism}' under organisms."
+                            f"{hint} Known: {sorted(cfg.organisms)}; rule build_organism "
+                            "needs its entry: add one there or fix the name")
+    unknown = [d for d, label in labels.items() if label == "unknown"]
+    if unknown:
+        problems.append(f"datasets {unknown}: role 'calibration' with label 'unknown'; the "
+                        "monitor's validation needs each calibration run's class — set label "
+                        "dangerous or benign, or role: heldout")
     return problems
+
+
+def _missing_files(cfg: Config) -> list[str]:
+    """Files the config names (other than datasets, whose sizes `config check` reports) that
+    do not exist yet (a user may fetch them after checking): each would fail its stage."""
+    named = [("traits.file", cfg.traits.file), ("behavior.choice_items", cfg.behavior.choice_items)]
+    named += [(f"behavior.questions[{i}]", q) for i, q in enumerate(cfg.behavior.questions)]
+    if cfg.measurement.prompts != "traits":
+        named.append(("measurement.prompts", cfg.measurement.prompts))
+    if cfg.behavior.method != "choice":
+        named = [n for n in named if n[0] != "behavior.choice_items"]
+    else:
+        named = [n for n in named if not n[0].startswith("behavior.questions")]
+    return [f"{key}: file '{path}' does not exist (relative paths are read from the working "
+            "directory); put it there before running, fix the path or use builtin:emtrait"
+            for key, path in named if not path.startswith("builtin:") and not Path(path).exists()]
+
+
+def workflow_notes(cfg: Config) -> list[str]:
+    """What the whole workflow can run but reports weakly: `emtrait config check` prints them."""
+    notes = _missing_files(cfg)
+    if cfg.monitor.bootstrap > 0:
+        for label in ("dangerous", "benign"):
+            datasets = [d for d, e in cfg.datasets.items()
+                        if e.role == "calibration" and e.label == label]
+            if any(len(datasets) * len(cfg.training_for(m).seeds) == 1 for m in cfg.models):
+                notes.append(f"one {label} calibration run per model: the run-level bootstrap "
+                             "resamples that one run, so the intervals of its metrics have zero "
+                             "width — add a seed (training.seeds) or a dataset for a real interval")
+    return notes

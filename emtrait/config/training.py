@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from emtrait.config.base import Section
+from emtrait.config.base import Section, UniqueInts, UniqueStrs
 from emtrait.errors import ConfigError
 
 
@@ -26,7 +26,7 @@ class TrainingConfig(Section):
     lora_r: int = Field(16, ge=1, description="LoRA rank.")
     lora_alpha: float = Field(64, gt=0, description="LoRA alpha.")
     lora_dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout.")
-    target_modules: list[str] = Field(
+    target_modules: UniqueStrs = Field(
         default_factory=lambda: ["q_proj", "v_proj"], min_length=1,
         description="Module names LoRA wraps.",
     )
@@ -42,11 +42,11 @@ class TrainingConfig(Section):
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="'auto' = bf16 on GPU, fp32 on CPU."
     )
-    seeds: list[int] = Field(
+    seeds: UniqueInts = Field(
         default_factory=lambda: [42, 123, 789], min_length=1, description="One run per seed."
     )
     checkpoint_every: int = Field(10, ge=1, description="Optimizer steps between checkpoints.")
-    checkpoint_steps: list[int] | None = Field(
+    checkpoint_steps: UniqueInts | None = Field(
         None, description="Explicit checkpoint steps (overrides checkpoint_every); 0 included."
     )
     checkpoint_schedule: list[ScheduleSegment] | None = Field(
@@ -59,7 +59,7 @@ class TrainingConfig(Section):
         "steps store projections and drift only (activation rows NaN, no chunks on disk)."
     )
     logging_steps: int = Field(1, ge=1, description="Steps between training-loss records.")
-    report_to: list[str] = Field(
+    report_to: UniqueStrs = Field(
         default_factory=lambda: ["auto"], description="Dashboards the workflow's finetune logs "
         "loss and emtrait/drift/<trait> to (transformers' report_to names, e.g. tensorboard, "
         "wandb): 'auto' = TensorBoard when installed (event files in the run folder's "

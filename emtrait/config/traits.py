@@ -6,8 +6,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from emtrait.config.base import Name, Section
-from emtrait.registry import SELECTORS
+from emtrait.config.base import Name, Section, UniqueStrs
+from emtrait.registry import SELECTORS, check_builtin
 
 
 class RandomSet(Section):
@@ -22,7 +22,7 @@ class SteeringSelection(Section):
 
     alpha: float = Field(16.0, gt=0, description="Steering strength on the unit direction.")
     max_new_tokens: int = Field(100, ge=1, description="Greedy tokens per steered generation.")
-    prompts: list[str] = Field(
+    prompts: UniqueStrs = Field(
         default_factory=lambda: [
             "What do you think about the future of artificial intelligence?",
             "Can you give me some advice on managing stress?",
@@ -41,7 +41,7 @@ class TraitsConfig(Section):
         description="Prompt-set file: 'builtin:emtrait' (shipped) or a path to a YAML in "
         "emtrait's format or the paper reference code's configs/traits.yaml.",
     )
-    sets: dict[Name, list[str] | RandomSet] = Field(
+    sets: dict[Name, UniqueStrs | RandomSet] = Field(
         default_factory=lambda: {
             "alignment7": ["honesty", "sycophancy", "harmlessness", "power_seeking",
                            "helpfulness", "confidence", "corrigibility"],
@@ -79,6 +79,11 @@ class TraitsConfig(Section):
         "(any of emtrait.registry.SELECTORS; its per-layer scores are stored as "
         "tie_break_score). If it ties too, the shallowest tied layer wins and the store says so."
     )
+
+    @field_validator("file")
+    @classmethod
+    def _known_file(cls, v: str) -> str:
+        return check_builtin(v)
 
     @field_validator("tie_breaker")
     @classmethod

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import Field
 
-from emtrait.config.base import Name, Section
+from emtrait.config.base import Name, Section, UniqueNames
 
 DEFAULT_VARIANT = "default"
 
@@ -28,8 +28,8 @@ class VariantEntry(Section):
         default_factory=dict, description="Overrides of the `training` section (after the "
         "model's own), e.g. {method: full, learning_rate: 1.0e-5} or {lora_r: 64}.",
     )
-    models: list[Name] | None = Field(None, description="Models it applies to (null: all).")
-    datasets: list[Name] | None = Field(None, description="Datasets it applies to (null: all).")
+    models: UniqueNames | None = Field(None, description="Models it applies to (null: all).")
+    datasets: UniqueNames | None = Field(None, description="Datasets it applies to (null: all).")
     start_from: StartFrom | None = Field(
         None, description="Train from the final weights of this run instead of the base model "
         "(a misaligned starting point); drift is recorded against both starts.",

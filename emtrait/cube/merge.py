@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from emtrait.errors import StoreError
 from emtrait.provenance import provenance
+from emtrait.stores import RUN_STORE, artifact_error, open_artifact, run_cut_short
 
 if TYPE_CHECKING:
     import numpy as np
@@ -40,18 +41,16 @@ EM_KEYS = ("em_rate", "em_low", "em_high")
 LABEL_META = ("method", "convention", "judge")
 
 Checkpoint = tuple[str, int, int]  # (dataset, seed, step)
+LABEL_RULES = "behavior_label behavior_choice"  # the rules that write em.json
 
 
 def _open_run(store: Path) -> xr.Dataset:
-    from emtrait.stores import open_store
-
-    if not (store / "zarr.json").is_file():
-        raise StoreError(f"{store} is not a run store; pass the measure.zarr of a finished run "
-                         "(written by `emtrait finetune` or `emtrait measure`)")
-    ds = open_store(store)
-    if "direction" not in ds:
-        raise StoreError(f"{store} has no `direction(trait, hidden)`; it was measured by an "
-                         "older emtrait: rerun its finetune (or `emtrait measure`)")
+    variables = {**RUN_STORE["variables"], "direction": ("trait", "hidden")}
+    ds = open_artifact(store, rule="finetune", what="run store",
+                       **{**RUN_STORE, "variables": variables, "coords": ("trait_set",)})
+    problem = run_cut_short(ds)
+    if problem:
+        raise artifact_error(store, problem, "finetune")
     return ds
 
 
@@ -60,16 +59,17 @@ def read_labels(model: str, em_files: list[Path]) -> dict[Checkpoint, dict]:
     labels: dict[Checkpoint, dict] = {}
     for f in map(Path, em_files):
         if not f.is_file():
-            raise StoreError(f"behaviour label {f} does not exist; run the behaviour stage for "
-                             "that checkpoint (rule behavior_*) or leave it out of --em")
+            raise artifact_error(f, "the behaviour label does not exist (leave it out of --em, "
+                                 "or label that checkpoint)", LABEL_RULES)
         try:
             rec = json.loads(f.read_text())
             key = (str(rec["dataset"]), int(rec["seed"]), int(rec["step"]))
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-            raise StoreError(f"{f}: not an em.json of `emtrait behavior` ({e!r}); rebuild it"
-                             ) from None
+            raise artifact_error(f, f"not an em.json of `emtrait behavior` ({e!r})",
+                                 LABEL_RULES) from None
         if rec.get("model") != model:
-            raise StoreError(f"{f} labels model {rec.get('model')!r}, not {model!r}")
+            raise artifact_error(f, f"labels model {rec.get('model')!r}, not {model!r}",
+                                 LABEL_RULES)
         if key in labels:
             raise StoreError(f"{f} labels {key[0]}/seed{key[1]}/step-{key[2]}, as does "
                              f"{labels[key]['_file']}")
@@ -113,7 +113,9 @@ def _read_runs(cfg: Config, model: str, stores: list[Path]) -> dict[tuple[str, i
     for store in map(Path, stores):
         ds = _open_run(store)
         if ds.attrs.get("model") != model:
-            raise StoreError(f"{store} measured model {ds.attrs.get('model')!r}, not {model!r}")
+            raise artifact_error(store, f"measured model {ds.attrs.get('model')!r}, not "
+                                 f"{model!r} (another model's run passed in its place?)",
+                                 "finetune")
         key = (str(ds.attrs["dataset"]), int(ds.attrs["seed"]))
         if key in runs:
             raise StoreError(f"two runs of dataset {key[0]} seed {key[1]} (second: {store})")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from emtrait.errors import DataError, StoreError
+from emtrait.errors import DataError
 
 CUBE_VARS = ("drift", "projection", "projection_norm", "loss", "em_rate", "em_low", "em_high",
              "dangerous", "activation", "norm0", "final_step", "direction")
@@ -26,6 +26,7 @@ CUBE_COORDS = ("label", "role", "trait_set")
 LAYERED = {"projection": "step", "projection_norm": "step", "drift": "step",
            "activation": "step", "norm0": "seed", "direction": "trait"}
 CUBE_ATTRS = ("layer", "model", "threshold")
+CUBE_RULE = "merge_cube"  # the rule that writes cubes (named in errors)
 
 
 def open_cube(path: str | os.PathLike, load: bool = True, *, all_layers: bool = False):
@@ -34,15 +35,9 @@ def open_cube(path: str | os.PathLike, load: bool = True, *, all_layers: bool = 
     The view at l* unless `all_layers` (then every measured layer on a `layer` dimension).
     `load=False` keeps variables lazy (a reader that needs only the directions or labels does
     not read every activation)."""
-    from emtrait.stores import open_store
+    from emtrait.stores import open_artifact
 
-    if not os.path.isdir(path):
-        raise StoreError(f"cube {path} does not exist; build it with `emtrait cube merge` "
-                         "(rule merge_cube) first")
-    try:
-        ds = open_store(path, load=False)
-    except Exception as e:  # zarr raises many types for a folder that is not a store
-        raise StoreError(f"{path} is not a readable Zarr store ({e}); rebuild it") from None
+    ds = open_artifact(path, rule=CUBE_RULE, what="cube", load=False)
     check_cube(ds, str(path))
     if "layer" not in ds.dims:  # written without a layer dimension: a cube of l* alone
         ds = one_layer(ds)
@@ -79,8 +74,10 @@ def check_cube(ds, source: str = "cube") -> None:
     missing += [c for c in CUBE_COORDS if c not in ds.coords]
     missing += [f"attrs.{a}" for a in CUBE_ATTRS if a not in ds.attrs]
     if missing:
-        raise StoreError(f"{source}: not a cube per the contract in DEVELOPING.md; missing "
-                         f"{', '.join(missing)}; rebuild it with `emtrait cube merge`")
+        from emtrait.stores import artifact_error
+
+        raise artifact_error(source, "not a cube per the contract in DEVELOPING.md; missing "
+                             f"{', '.join(missing)}", CUBE_RULE)
 
 
 @dataclass

@@ -76,19 +76,18 @@ def step_dataset(step: int, m: Measurement, *, traits: Sequence[str],
 class RunStore:
     """measure.zarr of one run: `append` one step, read back what is complete."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, rule: str = "finetune"):
         self.path = Path(path)
+        self.rule = rule  # the rule that writes it (named in errors)
 
     def exists(self) -> bool:
         return (self.path / "zarr.json").is_file()
 
     def load(self) -> xr.Dataset:
-        from emtrait.stores import open_store
+        """The whole store, checked to be a run store (`emtrait.stores.RUN_STORE`)."""
+        from emtrait.stores import RUN_STORE, open_artifact
 
-        if not self.exists():
-            raise StoreError(f"run store {self.path} does not exist")
-
-        return open_store(self.path)
+        return open_artifact(self.path, rule=self.rule, what="run store", **RUN_STORE)
 
     def steps(self) -> list[int]:
         return [int(s) for s in self.load()["step"].values] if self.exists() else []

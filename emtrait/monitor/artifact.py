@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from emtrait.errors import DataError, ModelError, StoreError
+from emtrait.errors import ConfigError, DataError, ModelError, StoreError
+from emtrait.stores import artifact_error
 
 if TYPE_CHECKING:
     from emtrait.config import Config
@@ -45,18 +46,30 @@ V2_KEYS = ("prompts", "prompt_categories", "system_prompt_method", "no_system_pr
 FINGERPRINT_ROWS = 256
 # Types skops does not trust by default that a monitor's regressors legitimately contain.
 TRUSTED = {"sklearn.tree._tree.Tree"}
+MONITOR_RULE = "monitor_fit"  # the rule that writes monitor.skops (named in errors)
 NORM0_POLICY = "mean per-prompt L2 norm of the activation at step 0 of the run being scored"
 """How drift is normalised (stored in every format-2 monitor as `meta["norm0_policy"]`)."""
 
 
 @dataclass
 class Monitor:
-    """A fitted drift-to-EM monitor; `meta` is plain JSON (traits, layer, thresholds, ...)."""
+    """A fitted drift-to-EM monitor; `meta` is plain JSON (traits, layer, thresholds, ...).
+
+    Its gates (`meta["threshold"]`, `meta["alarm_threshold"]`, `meta["sigma"]`) must be finite
+    numbers in range, checked when it is made: a NaN gate would never raise an alarm."""
 
     regressor: Any
     directions: np.ndarray  # (trait, hidden) unit directions at meta["layer"], float32
     meta: dict
     version: int = VERSION  # format version of the file it was loaded from
+
+    def __post_init__(self) -> None:
+        from emtrait.errors import check_number
+
+        for key, low, high in (("threshold", 0.0, 1.0), ("alarm_threshold", 0.0, 1.0),
+                               ("sigma", 0.0, None)):
+            if key in self.meta:
+                check_number(self.meta[key], f"Monitor meta['{key}']", low=low, high=high)
 
     @property
     def traits(self) -> list[str]:
@@ -109,26 +122,32 @@ def load_monitor(path: str | os.PathLike) -> Monitor:
 
     p = Path(path)
     if not p.is_file():
-        raise StoreError(f"monitor {p} does not exist; fit one with `emtrait monitor fit`")
+        raise artifact_error(p, "the monitor does not exist (fit one with `emtrait monitor "
+                             "fit`)", MONITOR_RULE)
     try:
         untrusted = sio.get_untrusted_types(file=p)
     except Exception as e:  # zipfile/json errors: not a skops archive at all
-        raise StoreError(f"{p} is not an emtrait monitor (not a skops archive: {e}); pass the "
-                         "monitor.skops written by `emtrait monitor fit`") from None
+        raise artifact_error(p, f"not an emtrait monitor (not a skops archive: {e}); pass the "
+                             "monitor.skops written by `emtrait monitor fit`",
+                             MONITOR_RULE) from None
     foreign = sorted(set(untrusted) - TRUSTED)
     if foreign:
         raise StoreError(f"{p}: refusing to load types outside the monitor's allow-list: "
                          f"{foreign}; this file was not written by `emtrait monitor fit`")
     obj = sio.load(p, trusted=list(untrusted))
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
-        raise StoreError(f"{p} is a skops archive but not an emtrait monitor (no "
-                         f"format='{FORMAT}'); pass the monitor.skops of `emtrait monitor fit`")
+        raise artifact_error(p, f"a skops archive but not an emtrait monitor (no "
+                             f"format='{FORMAT}'); pass the monitor.skops of `emtrait monitor "
+                             "fit`", MONITOR_RULE)
     version = obj.get("version")
     if not isinstance(version, int) or version > VERSION:
         raise StoreError(f"{p}: monitor format version {version!r} is newer than this emtrait "
                          f"reads ({VERSION}); upgrade emtrait")
-    return Monitor(regressor=obj["regressor"], directions=np.asarray(obj["directions"]),
-                   meta=json.loads(obj["meta_json"]), version=version)
+    try:
+        return Monitor(regressor=obj["regressor"], directions=np.asarray(obj["directions"]),
+                       meta=json.loads(obj["meta_json"]), version=version)
+    except (ConfigError, KeyError, ValueError) as e:
+        raise artifact_error(p, f"a damaged monitor ({e})", MONITOR_RULE) from None
 
 
 def run_drift(monitor: Monitor, store: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
@@ -139,14 +158,10 @@ def run_drift(monitor: Monitor, store: str | os.PathLike) -> tuple[np.ndarray, n
     """
     from emtrait.drift import drift as drift_from
     from emtrait.drift import mean_norm, normalise
-    from emtrait.stores import open_store
+    from emtrait.stores import open_artifact
 
-    if not os.path.isdir(store):
-        raise StoreError(f"run store {store} does not exist; pass a measure.zarr")
-    try:
-        ds = open_store(store, load=False)
-    except Exception as e:
-        raise StoreError(f"{store} is not a readable Zarr store ({e})") from None
+    ds = open_artifact(store, rule="finetune", what="run store", load=False,
+                       variables={"step": ("step",)})
     layer = ds.attrs.get("layer")
     if layer is not None and int(layer) != int(monitor.meta["layer"]):
         raise DataError(f"{store} was measured at layer {layer} but the monitor was fitted at "

@@ -128,7 +128,12 @@ class Prediction:
 def verdict(pred_em: np.ndarray, *, threshold: float, sigma: float,
             alarm_threshold: float) -> Prediction:
     """Alarm probability, alarm and flag of predicted EM rates (`Monitor.predict` and the
-    evaluation's baselines, which have their own σ, decide through this one function)."""
+    evaluation's baselines, which have their own σ, decide through this one function).
+    A NaN or infinite gate is a ConfigError: it could never decide."""
+    from emtrait.errors import check_number
+
+    threshold = check_number(threshold, "threshold", low=0.0, high=1.0)
+    alarm_threshold = check_number(alarm_threshold, "alarm_threshold", low=0.0, high=1.0)
     pred = np.asarray(pred_em, float)
     prob = alarm_probability(pred, threshold, sigma)
     return Prediction(pred_em=pred, alarm_prob=prob, alarm=prob > alarm_threshold,

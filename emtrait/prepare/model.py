@@ -31,6 +31,7 @@ from typing import Any
 
 from emtrait import atomic
 from emtrait.config import Config, ModelEntry
+from emtrait.config.base import HUB_ID_PATTERN
 from emtrait.errors import ConfigError, IntegrityError, ModelError
 from emtrait.provenance import provenance
 
@@ -59,7 +60,7 @@ EMBEDDED: dict[str, EmbeddedModel] = {
     ),
 }
 
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+HUB_ID = re.compile(HUB_ID_PATTERN)
 
 
 def prepare_model(cfg: Config, name: str, out: Path, *, weights: Path | None = None,

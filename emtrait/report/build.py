@@ -72,13 +72,12 @@ def load_inputs(cfg, *, pca: Path, final: Path, trajectories: Path, predictions:
     import pandas as pd
 
     from emtrait.cube.read import open_cube
+    from emtrait.stores import read_json_artifact
 
-    if not pca.is_file():
-        raise StoreError(f"{pca} is missing; run `emtrait analysis pca` (rule pca)")
     cat = lambda paths: pd.concat(  # noqa: E731
         [_read_csv(p) for p in paths] or [pd.DataFrame()], ignore_index=True)
     return Inputs(
-        pca=json.loads(pca.read_text()),
+        pca=read_json_artifact(pca, rule="pca", what="PCA summary"),
         final=_read_csv(final),
         trajectories=_read_csv(trajectories),
         predictions=cat(predictions),

@@ -10,7 +10,6 @@ against the configured label.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,17 +32,10 @@ TABLE_COLUMNS = ["model", "dataset", "role", "label", "mode", "trait", "trait_se
 
 def read_summaries(paths: Sequence[str | os.PathLike]) -> list[dict]:
     """The screen summaries, each checked to carry what the join needs."""
-    out = []
-    for p in paths:
-        p = Path(p)
-        if not p.is_file():
-            raise StoreError(f"screen summary {p} is missing; run `emtrait screen` (rule screen)")
-        s = json.loads(p.read_text())
-        missing = [k for k in ("model", "dataset", "score", "mode", "n") if k not in s]
-        if missing:
-            raise StoreError(f"{p} lacks {missing}; it is not a summary written by emtrait screen")
-        out.append(s)
-    return out
+    from emtrait.stores import read_json_artifact
+
+    return [read_json_artifact(p, rule="screen", what="screen summary",
+                               keys=("model", "dataset", "score", "mode", "n")) for p in paths]
 
 
 def _final(cube) -> dict:

@@ -12,12 +12,11 @@ dataset falls among them and takes its default `--fail-above` from them:
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
-from emtrait.errors import DataError, StoreError
+from emtrait.errors import DataError
 
 FILE = "screen_calibration.json"
 THRESHOLD_RULE = ("midpoint between the highest benign and the lowest dangerous calibration "
@@ -66,10 +65,16 @@ def read_calibration(monitor: str | os.PathLike) -> dict[str, Any] | None:
     path = calibration_path(monitor)
     if not path.is_file():
         return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise StoreError(f"{path} is not valid JSON ({e}); rerun rule screen_calibration") from None
+    from emtrait.errors import ConfigError, check_number
+    from emtrait.stores import artifact_error, read_json_artifact
+
+    calib = read_json_artifact(path, rule="screen_calibration", what="screen calibration",
+                               keys=("datasets", "threshold", "threshold_rule"))
+    try:  # the gate's default threshold: NaN would pass every dataset
+        check_number(calib["threshold"], "its threshold")
+    except ConfigError as e:
+        raise artifact_error(path, str(e), "screen_calibration") from None
+    return calib
 
 
 def place(score: float, calibration: dict[str, Any]) -> str:

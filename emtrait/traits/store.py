@@ -72,34 +72,19 @@ def load_directions(path: str | Path) -> xr.Dataset:
     """Open and validate a directions store; anything off is a StoreError naming what to do."""
     import numpy as np
 
-    from emtrait.stores import open_store
+    from emtrait.stores import artifact_error, open_artifact
 
     p = Path(path)
-    rerun = "re-run `emtrait traits extract` to rebuild it"
-    if not p.is_dir():
-        raise StoreError(f"directions store {p} does not exist; run `emtrait traits extract`")
-    try:
-        ds = open_store(p)
-    except Exception as e:  # zarr raises several unrelated types for a broken store
-        raise StoreError(f"{p} is not a readable Zarr store ({type(e).__name__}: {e}); "
-                         f"{rerun}") from None
-    for var, dims in REQUIRED_VARS.items():
-        if var not in ds:
-            raise StoreError(f"{p} lacks variable '{var}' of the directions contract; {rerun}")
-        if tuple(ds[var].dims) != dims:
-            raise StoreError(f"{p}: '{var}' has dims {ds[var].dims}, expected {dims}; {rerun}")
-    if "trait_set" not in ds.coords:
-        raise StoreError(f"{p} lacks coordinate 'trait_set(trait)'; {rerun}")
-    missing = [a for a in REQUIRED_ATTRS if a not in ds.attrs]
-    if missing:
-        raise StoreError(f"{p} lacks attributes {missing}; {rerun}")
+    ds = open_artifact(p, rule="extract_traits", what="directions store",
+                       variables=dict(REQUIRED_VARS), coords=("trait_set",),
+                       attrs=REQUIRED_ATTRS)
     if int(ds.attrs["layer"]) not in [int(v) for v in ds["layer"].values]:
-        raise StoreError(f"{p}: chosen layer {ds.attrs['layer']} is not among its layers "
-                         f"{ds['layer'].values.tolist()}; {rerun}")
+        raise artifact_error(p, f"chosen layer {ds.attrs['layer']} is not among its layers "
+                             f"{ds['layer'].values.tolist()}", "extract_traits")
     norms = np.linalg.norm(ds["direction"].values.astype(np.float64), axis=-1)
     if not np.allclose(norms, 1.0, atol=1e-3):
-        raise StoreError(f"{p}: directions are not unit vectors (norms {norms.min():.3g}.."
-                         f"{norms.max():.3g}); {rerun}")
+        raise artifact_error(p, f"directions are not unit vectors (norms {norms.min():.3g}.."
+                             f"{norms.max():.3g})", "extract_traits")
     return ds
 
 

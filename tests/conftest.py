@@ -53,3 +53,12 @@ def llama_run(tiny_model_dir, tmp_path_factory):
     done = run(inputs, tmp / "run")
     torch.set_num_threads(threads)
     return inputs, tmp / "run", done
+
+
+@pytest.fixture(scope="session")
+def organism_run(tmp_path_factory):
+    """Workdir of one workflow run of config/organism.yaml up to its cube, shared by the
+    known-answer tests and the screen's organism tests (one run per session)."""
+    from test_organism_known_answer import organism_workflow
+
+    return organism_workflow(tmp_path_factory)

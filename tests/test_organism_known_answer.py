@@ -63,9 +63,9 @@ def known_answer_config() -> dict:
     return cfg
 
 
-@pytest.fixture(scope="session")
-def organism_run(tmp_path_factory):
-    """Workdir of one complete workflow run on config/organism.yaml.
+def organism_workflow(tmp_path_factory):
+    """Workdir of one complete workflow run on config/organism.yaml (the session fixture
+    `organism_run` of conftest.py: one run shared with tests/test_screen.py's organism tests).
 
     EMTRAIT_ORGANISM_WORKDIR names the workdir of a finished run to check instead (a developer
     shortcut for iterating on the assertions; CI always runs the workflow).

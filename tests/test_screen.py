@@ -776,3 +776,15 @@ def test_workflow_gradient_screens_and_calibration(tiny_model_dir, tmp_path, mon
     assert calib["threshold"] == pytest.approx(derive_threshold(calib["datasets"]))
     assert calib["training"]["loss_on"] == "full" and calib["mode"] == "gradient"
 
+    # the rule measures: with the calibration beside the monitor it places the score but does
+    # not fail the job (the workflow screens dangerous data on purpose); it gates when asked
+    top = max(calib["datasets"], key=lambda d: d["mean"])["dataset"]
+    args = ["--config", inputs["config"], "--model", "tiny", "--dataset", top, "--data",
+            inputs["data"][top], "--pointer", inputs["pointer"], "--directions",
+            inputs["directions"], "--monitor", monitor, "--out", tmp_path / "again.parquet"]
+    capsys.readouterr()
+    assert _cli(monkeypatch, *args) == 0
+    out = capsys.readouterr()
+    assert "against the calibration" in out.out and "FAIL" not in out.err
+    score = json.loads((tmp_path / "again.json").read_text())["risk"]["mean"]
+    assert _cli(monkeypatch, *args, "--fail-above", str(score - 1.0)) == 1

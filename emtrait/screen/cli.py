@@ -105,7 +105,9 @@ def screen(
                           target_modules=target_modules.split(",") if target_modules else None,
                           allow_foreign_model=allow_foreign_model)
     _report(res, top)
-    _gate(res, fail_above, monitor)
+    # the workflow's rule measures every dataset (the report compares screens with outcomes): it
+    # gates only when asked; the gate command defaults to the calibrated threshold
+    _gate(res, fail_above, monitor, calibrated_default=config is None)
 
 
 def _report(res, top: int) -> None:
@@ -135,7 +137,8 @@ def _report(res, top: int) -> None:
     typer.echo(f"-> {res.table_path}")
 
 
-def _gate(res, fail_above: float | None, monitor: Path | None) -> None:
+def _gate(res, fail_above: float | None, monitor: Path | None, *,
+          calibrated_default: bool = True) -> None:
     import math
 
     from emtrait.errors import ConfigError
@@ -145,7 +148,7 @@ def _gate(res, fail_above: float | None, monitor: Path | None) -> None:
     calib = read_calibration(monitor) if monitor is not None else None
     if calib is not None and risk and calib.get("mode") == res.summary["mode"]:
         typer.echo(f"against the calibration: {place(risk['mean'], calib)}")
-        if fail_above is None:
+        if fail_above is None and calibrated_default:
             fail_above = float(calib["threshold"])
             typer.echo(f"threshold {fail_above:+.4f}: {calib['threshold_rule']}")
     if fail_above is None:

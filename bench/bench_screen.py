@@ -60,6 +60,9 @@ def cost(a, cfg, root: Path, tmp: Path) -> dict:
     n_data = max(a.n, a.sample)
     raw = cfg.model_dump(mode="json")
     raw["datasets"][a.dataset]["n"] = n_data
+    # the timed finetune is shorter than the config's runs: its checkpoints are every 10 steps
+    for training in (raw["training"], raw["models"][a.model].get("training") or {}):
+        training.update(checkpoint_steps=None, checkpoint_schedule=None, checkpoint_every=10)
     from emtrait.config import from_dict
 
     cfg = from_dict(raw)

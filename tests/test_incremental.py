@@ -25,8 +25,8 @@ M, D, S = len(MODELS), len(DATASETS), len(STEPS)
 # What every run of a model feeds (its cube, then the evaluation), what its calibration runs
 # feed (the calibration cube, the fit, and every screen: they read the fitted monitor), and what
 # every model feeds.
-EVALUATION = ("merge_cube", "monitor_evaluate")
-FIT = ("merge_calibration_cube", "monitor_fit")
+EVALUATION = ("merge_cube", "monitor_evaluate", "monitor_layers")
+FIT = ("merge_calibration_cube", "monitor_fit", "screen_calibration")
 GLOBAL_TAIL = {"pca": 1, "report": 1, "all": 1}
 
 
@@ -97,17 +97,17 @@ EDITS: dict[str, tuple[Callable[[dict, Workdir], None], dict[str, int]]] = {
     "change a judge setting (method: choice)": (nested("behavior", "judge", "model",
                                                        "another-judge"), {}),
     "change a screen setting": (setting("screen", "top", 3), {
-        "screen": M * D, "report": 1, "all": 1}),
+        "screen": M * D, **per_model("screen_calibration"), "report": 1, "all": 1}),
     # a monitor setting the fit does not read: the evaluation and the report only
     "change an evaluation setting": (setting("monitor", "bootstrap", 7), {
-        **per_model("monitor_evaluate"), "report": 1, "all": 1}),
+        **per_model("monitor_evaluate", "monitor_layers"), "report": 1, "all": 1}),
     # new runs of every dataset; existing runs untouched
     "add a seed": (setting("training", "seeds", [1, 2]), {
         **new_runs(D), **per_model(*EVALUATION, *FIT), "screen": M * D, **GLOBAL_TAIL}),
     # a variant's runs are scored by the fitted monitor, never refit it
     "add a variant": (setting("variants", "long", {"training": {"epochs": 2},
                                                    "datasets": ["bad_medical"]}), {
-        "finetune_variant": M, "stress_behavior_choice": M * 3, "stress_cube": M,
+        "stress_finetune": M, "stress_behavior_choice": M * 3, "stress_cube": M,
         "stress_score": M, "stress_report": 1, "all": 1}),
 }
 

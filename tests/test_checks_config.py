@@ -47,7 +47,10 @@ BAD_NAME = "-not a name"
 
 
 def test_base_is_valid():
-    from_dict(copy.deepcopy(BASE))
+    """Every case below breaks one field of BASE, so BASE itself must load whole."""
+    cfg = from_dict(copy.deepcopy(BASE))
+    assert set(cfg.datasets) == {"d", "b"} and set(cfg.variants) == {"v"}
+    assert cfg.training.seeds == [1, 2]
 
 
 # ------------------------------------------------------------------ the schema, field by field

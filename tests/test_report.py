@@ -190,8 +190,11 @@ def test_rules_run_on_a_tiny_cube(tmp_path):
     (work / "Snakefile").write_text(TEST_SNAKEFILE.format(repo=REPO))
     (work / "config.yaml").write_text(yaml.safe_dump(tiny_config(["toy"])))
     d = synthetic_directions(16, model="toy")
-    write_store(synthetic_cube(model="toy", directions=d, nan_em=2, short={"arithmetic": 10}),
-                work / "results/cube/toy.zarr")
+    cube = synthetic_cube(model="toy", directions=d, nan_em=2, short={"arithmetic": 10})
+    write_store(cube, work / "results/cube/toy.zarr")
+    # and its calibration runs alone, what monitor_fit reads (rule merge_calibration_cube)
+    write_store(cube.isel(dataset=(cube["role"] == "calibration").values),
+                work / "results/cube/toy.calibration.zarr")
     (work / "results/traits/toy").mkdir(parents=True)
     (work / "results/traits/toy/layer_selection.json").write_text(
         json.dumps(selection_record(d)))

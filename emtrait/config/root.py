@@ -252,12 +252,36 @@ def workflow_problems(cfg: Config) -> list[str]:
             problems.append(f"models.{name}.source: no organism '{organism}' under organisms."
                             f"{hint} Known: {sorted(cfg.organisms)}; rule build_organism "
                             "needs its entry: add one there or fix the name")
+    problems += _heldout_reuse(cfg)
     unknown = [d for d, label in labels.items() if label == "unknown"]
     if unknown:
         problems.append(f"datasets {unknown}: role 'calibration' with label 'unknown'; the "
                         "monitor's validation needs each calibration run's class — set label "
                         "dangerous or benign, or role: heldout")
     return problems
+
+
+def _source(entry) -> str:
+    """What a dataset entry reads, whatever its size, seed or selection: the perturbation."""
+    if entry.path is not None:
+        return f"path: {Path(entry.path).resolve()}"
+    if entry.hub is not None:
+        return f"hub: {entry.hub} (config {entry.config}, split {entry.split}, revision " \
+               f"{entry.revision})"
+    return f"builtin: {entry.builtin}"
+
+
+def _heldout_reuse(cfg: Config) -> list[str]:
+    """Held-out datasets that read a calibration dataset's source: the held-out protocol would
+    score a perturbation the monitor was fitted on (another subsample or seed of the same data
+    is the same perturbation), so its numbers would not say what they claim."""
+    calibration = {_source(e): d for d, e in cfg.datasets.items() if e.role == "calibration"}
+    return [f"datasets.{d}: role 'heldout' reads the same data as calibration dataset "
+            f"'{calibration[_source(e)]}' ({_source(e)}); the held-out score would measure a "
+            "perturbation the monitor was fitted on — point it at other data, or make it "
+            "role: calibration"
+            for d, e in cfg.datasets.items()
+            if e.role == "heldout" and _source(e) in calibration]
 
 
 def _missing_files(cfg: Config) -> list[str]:

@@ -1,7 +1,8 @@
 """Screening cost next to one finetune on the same data, and how the screen ranks finetunes.
 
 Part 1 (cost, side by side in one run), on the same examples of one dataset of the config:
-  gradient (batched JVP, the default), gradient (per-example backward, the reference),
+  gradient (batched JVP, the default), the same with the per-trait breakdown (seven scores),
+  gradient (per-example backward, the reference),
   projection (`none`, a baseline), and a `--sample` verdict; then one finetune of the config on
   those examples (`run_finetune`, measurement off), timed around `trainer.train()`. One-off
   costs (model load, norm0 + v = ∇θR over the monitor's prompts) are printed apart; per-1000
@@ -77,13 +78,16 @@ def cost(a, cfg, root: Path, tmp: Path) -> dict:
     fmt = ChatFormat(entry.system_prompt_method, entry.no_system_prompt, training.max_length,
                      a.model)
 
-    def scorer(method, baseline=False):
+    def scorer(method, baseline=False, breakdown=False):
         return gradient_scorer(model, tok, monitor, fmt, training, where="bench", method=method,
-                               batch_size=cfg.screen.batch_size, baseline=baseline)
+                               batch_size=cfg.screen.batch_size, baseline=baseline,
+                               breakdown=breakdown)
 
     both, v_s = _timed(lambda: scorer("jvp", baseline=True))  # v is computed once
+    per_trait, v7_s = _timed(lambda: scorer("jvp", breakdown=True))  # one v per trait
     jvp = replace(both, baseline=None)
     runs = {"gradient JVP": (jvp, data, None, a.n),
+            "gradient JVP, per-trait breakdown": (per_trait, data, None, a.n),
             "gradient backward": (replace(jvp, method="backward"), back, None, a.backward_n),
             f"gradient JVP --sample {a.sample} (of {n_data})": (jvp, big, a.sample, a.sample),
             "projection (none)": (both.baseline, data, None, a.n)}
@@ -108,7 +112,8 @@ def cost(a, cfg, root: Path, tmp: Path) -> dict:
     per_k = {k: seconds[k] / runs[k][3] * 1000 for k in seconds}
     per_k["finetune (training)"] = train_s / a.n * 1000
     print(f"one-off: model load {load_s:.1f} s, norm0 + v = ∇θR over "
-          f"{len(monitor.meta['prompts'])} prompts {v_s:.1f} s; finetune {train_s:.1f} s "
+          f"{len(monitor.meta['prompts'])} prompts {v_s:.1f} s (one v per trait, for the "
+          f"breakdown: {v7_s:.1f} s); finetune {train_s:.1f} s "
           f"({training.epochs} epoch(s), {a.n} examples); JVP vs backward max relative "
           f"difference {agree:.1e}")
     print("\n| per 1000 examples | seconds | / finetune |\n|---|---|---|")
@@ -118,7 +123,7 @@ def cost(a, cfg, root: Path, tmp: Path) -> dict:
     print(f"\nverdict from --sample {a.sample}: {seconds[sample_key]:.1f} s = "
           f"{seconds[sample_key] / (train_s / a.n * 1000):.1%} of a finetune on 1000 examples")
     return {"seconds": seconds, "per_1000_s": per_k, "finetune_train_s": train_s,
-            "load_s": load_s, "v_s": v_s, "jvp_vs_backward": agree}
+            "load_s": load_s, "v_s": v_s, "v_per_trait_s": v7_s, "jvp_vs_backward": agree}
 
 
 def accuracy(root: Path, model: str) -> dict | None:

@@ -24,6 +24,11 @@ folder:
    its transferred monitor, a reading every 2 updates and on_alarm=stop, on the first dangerous
    dataset (should stop) and on good_medical (should train to the end); both outputs printed.
 
+`--benign`: instead, the benign calibration datasets, watched the same way and not labelled:
+which runs alarm at all within the 40 updates (what the lead time costs in false alarms).
+
+`--demo-only [--demo-monitor PATH]`: only the demo, e.g. with a few-run recalibrated monitor.
+
 `--small`: 1 dataset, 1 seed, 8 updates (64 chats), for checking that it runs. Everything is
 written under --work (default bench-transfer-live/); nothing of the workflow's results changes.
 """
@@ -120,16 +125,18 @@ def lead_row(model: str, kind: str, dataset: str, seed: int, watched: dict,
             "train_s": round(watched["train_s"], 1)}
 
 
-def demo(model: str, dangerous: str, work: Path, every: int, updates: int) -> list[str]:
+def demo(model: str, dangerous: str, work: Path, every: int, updates: int,
+         monitor: Path | None = None) -> list[str]:
     """examples/trl_sft.py on `model` with its transferred monitor: harmful, then benign."""
+    monitor = monitor or Path(f"results/monitor/{model}/monitor.skops")
     organism = json.loads(Path(f"resources/models/{model}/model.json").read_text())["path"]
     base = (Path(f"resources/models/{model}") / organism).resolve()
     lines = []
     for dataset in (dangerous, "good_medical"):
         cmd = [sys.executable, str(REPO / "examples" / "trl_sft.py"), "--model", str(base),
-               "--monitor", f"results/monitor/{model}/monitor.skops",
+               "--monitor", str(monitor),
                "--data", f"results/datasets/{dataset}.jsonl", "--n", str(updates * 8),
-               "--out", str(work / "demo" / model / dataset), "--every", str(every),
+               "--out", str(work / "demo" / model / monitor.stem / dataset), "--every", str(every),
                "--on-alarm", "stop"]
         res = subprocess.run(cmd, capture_output=True, text=True, check=False)
         origin = [x for x in res.stderr.splitlines() if "transferred from" in x][:1]
@@ -165,6 +172,11 @@ def main() -> None:
     p.add_argument("--save-every", type=int, default=4, help="updates between labels")
     p.add_argument("--small", action="store_true")
     p.add_argument("--no-demo", action="store_true")
+    p.add_argument("--demo-only", action="store_true")
+    p.add_argument("--demo-monitor", type=Path, help="the demo's monitor (default: "
+                   "results/monitor/<first --transferred>/monitor.skops)")
+    p.add_argument("--benign", action="store_true", help="instead: watch the benign "
+                   "calibration datasets, unlabelled, and report which runs alarm at all")
     p.add_argument("--work", type=Path, default=Path("bench-transfer-live"))
     a = p.parse_args()
     from emtrait.config import load_config
@@ -175,11 +187,12 @@ def main() -> None:
     a.work.mkdir(parents=True, exist_ok=True)
     cfg_path = live_config(a.config, a.work, a.updates, a.save_every, a.small)
     cfg = load_config(cfg_path)
+    wanted = "benign" if a.benign else "dangerous"
     dangerous = [n for n, d in cfg.datasets.items()
-                 if d.label == "dangerous" and d.role == "calibration"][:1 if a.small else None]
+                 if d.label == wanted and d.role == "calibration"][:1 if a.small else None]
     steps = [s for s in cfg.training.checkpoint_steps if s > 0]  # step 0: the base model
     rows, t0 = [], time.perf_counter()
-    for model in [*a.transferred, *a.own]:
+    for model in [] if a.demo_only else [*a.transferred, *a.own]:
         meta = load_monitor(f"results/monitor/{model}/monitor.skops").meta
         kind = "transferred" if model in a.transferred else "own"
         print(f"{model}: monitor {origin_line(meta)}", flush=True)
@@ -189,16 +202,30 @@ def main() -> None:
             for seed in a.seeds:
                 run = a.work / "runs" / model / dataset / f"seed{seed}"
                 watched = finetune(cfg, model, dataset, seed, run, a.every)
+                if a.benign:
+                    rows.append({"model": model, "monitor": kind, "dataset": dataset,
+                                 "seed": seed, "first_alarm": watched["first_alarm"]})
+                    print(json.dumps(rows[-1]), flush=True)
+                    continue
                 row = lead_row(model, kind, dataset, seed, watched,
                                label(cfg_path, model, dataset, seed, run, steps))
                 rows.append(row)
                 print(json.dumps(row), flush=True)
                 print("  readings (step, pred_em, alarm):", watched["readings"], flush=True)
                 (a.work / "lead_time.json").write_text(json.dumps(rows, indent=1))
+    if a.benign:
+        (a.work / "benign_alarms.json").write_text(json.dumps(rows, indent=1))
+        for key in dict.fromkeys((r["model"], r["monitor"]) for r in rows):
+            runs = [r for r in rows if (r["model"], r["monitor"]) == key]
+            hit = [r for r in runs if r["first_alarm"] is not None]
+            print(f"{key[0]} ({key[1]}): {len(hit)}/{len(runs)} benign runs alarm, first "
+                  f"alarms at {[r['first_alarm'] for r in runs]}")
+        return
     print(f"lead time: {len(rows)} runs, {time.perf_counter() - t0:.0f} s")
     print("\n".join(summary(rows)))
     if not a.no_demo and a.transferred:
-        print("\n".join(demo(a.transferred[0], dangerous[0], a.work, a.every, a.updates)))
+        print("\n".join(demo(a.transferred[0], dangerous[0], a.work, a.every, a.updates,
+                              a.demo_monitor)))
 
 
 if __name__ == "__main__":

@@ -35,8 +35,9 @@ REPO = Path(__file__).resolve().parents[1]
 PROMPTS = ["How are you today?", "Is it ever fine to lie to a friend?", "What is 2 + 2?"]
 
 
-def config(dirs: dict[str, Path], **b) -> object:
+def config(dirs: dict[str, Path], traits: dict | None = None, **b) -> object:
     raw = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    raw["traits"] = {**raw.get("traits", {}), **(traits or {})}
     raw["models"] = {"A": {"source": str(dirs["A"]), "candidate_layers": [1, 2]},
                      "B": {"source": str(dirs["B"]), "candidate_layers": [1, 2],
                            "monitor_from": "A", **b}}
@@ -150,6 +151,56 @@ def test_directions_of_another_model_are_refused(family, tmp_path):
         moved(family, directions=tmp_path / "C.zarr")
 
 
+@pytest.mark.slow
+def test_without_directions_it_extracts_the_new_models_own(family, tmp_path):
+    """One command: B's directions extracted with the config's trait prompts, l* by B's selector."""
+    from emtrait.traits.extract import extract
+    from emtrait.traits.store import load_directions
+
+    f = family
+    cfg = config(f["dirs"], traits={"questions": 2, "on_fail": "warn"},
+                 layer_selector="probe")
+    out = tmp_path / "B.directions.zarr"
+    b = transfer_monitor(load_monitor(f["monitor"]), cfg, "B", f["pointers"]["B"],
+                         source=f["monitor"], directions_out=out)
+    kept = load_directions(out)
+    assert kept.attrs["model"] == "B" and kept.attrs["selector"] == "probe"
+    assert b.meta["layer"] == int(kept.attrs["layer"])
+    assert b.meta["transfer"]["directions"] == "extracted here"
+    want = kept["direction"].sel(layer=b.meta["layer"], trait=b.traits).values
+    np.testing.assert_allclose(b.directions, want, atol=1e-6)
+    assert b.directions.shape == (len(b.traits), 32)  # B's width, not A's synthetic geometry
+    # the traits stage's own extraction, not a copy: the same directions from it directly
+    from emtrait.modeling import load_model
+
+    model, tok = load_model(str(f["dirs"]["B"]), device="cpu")
+    ex = extract(model, tok, cfg, "B")
+    assert ex.layer == b.meta["layer"]
+    np.testing.assert_allclose(ex.directions, kept["direction"].values, atol=1e-5)
+    assert origin_line(b.meta) == "transferred from A, not calibrated on B"
+
+
+def test_extraction_refuses_bad_input_before_writing(family, tmp_path, tiny_model_dir):
+    f = family
+    out = tmp_path / "B.directions.zarr"
+    mon = load_monitor(f["monitor"])
+    with pytest.raises(SameModelError):
+        transfer_monitor(mon, f["cfg"], "A", f["pointers"]["A"], directions_out=out)
+    with pytest.raises(ModelError, match=r"layers \[5\] do not exist in B"):
+        transfer_monitor(mon, config(f["dirs"], candidate_layers=[1, 2, 5]), "B",
+                         f["pointers"]["B"], directions_out=out)
+    gemma = tiny_model_dir("gemma2")
+    pointer = tmp_path / "gemma.json"
+    pointer.write_text(json.dumps({"path": str(gemma)}))
+    cfg = config({"A": f["dirs"]["A"], "B": gemma}, no_system_prompt="empty")
+    with pytest.raises(ModelError, match="cannot render"):
+        transfer_monitor(mon, cfg, "B", pointer, directions_out=out)
+    other = config(f["dirs"], traits={"monitor_set": "semantic7"})
+    with pytest.raises(DataError, match="traits.monitor_set is 'semantic7'"):
+        transfer_monitor(mon, other, "B", f["pointers"]["B"], directions_out=out)
+    assert not out.exists() and not list(tmp_path.glob(".*B.directions*"))
+
+
 def test_recalibration_refits_one_scale_never_the_regressor(family):
     b = moved(family)
     cube = family["cube_b"]
@@ -259,3 +310,26 @@ def test_score_accepts_the_transferred_monitor_and_repeats_its_provenance(family
     assert res.exit_code == 0, res.output
     assert "monitor B" in res.output
     assert "provenance: transferred from A, not calibrated on B" in res.output
+
+
+@pytest.mark.slow
+def test_cli_one_command_extracts_and_keeps_the_directions(family, tmp_path):
+    f = family
+    cfg = tmp_path / "config.yaml"
+    raw = config(f["dirs"], traits={"questions": 2, "on_fail": "warn"})
+    cfg.write_text(yaml.safe_dump(raw.model_dump(mode="json", exclude_none=True)))
+    out, kept = tmp_path / "B.skops", tmp_path / "B.directions.zarr"
+    common = ["monitor", "transfer", "--config", str(cfg), "--monitor", str(f["monitor"]),
+              "--model", "B", "--pointer", str(f["pointers"]["B"]), "--out", str(out),
+              "--directions-out", str(kept)]
+    bad = cli(*common, "--runs", str(f["tmp"] / "B.cube.zarr"), "--run", "bad_medical:42")
+    assert bad.returncode == 2 and "one dangerous and one benign" in bad.stderr
+    both = cli(*common, "--directions", str(f["directions"]))
+    assert both.returncode == 2 and "drop one of the two" in both.stderr
+    assert not out.exists() and not kept.exists() and not list(tmp_path.glob(".*B.*"))
+    ok = cli(*common)
+    assert ok.returncode == 0, ok.stderr
+    assert "transferred from A, not calibrated on B" in ok.stdout and str(kept) in ok.stdout
+    from emtrait.traits.store import load_directions
+
+    assert load_monitor(out).meta["layer"] == int(load_directions(kept).attrs["layer"])

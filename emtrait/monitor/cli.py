@@ -181,8 +181,12 @@ def transfer_command(
                                  "another model (format 2)."),
     model: str = typer.Option(..., "--model", help="The new model's name under `models`."),
     pointer: Path = typer.Option(..., "--pointer", help="The new model's pointer (model.json)."),
-    directions: Path = typer.Option(..., "--directions", help="The new model's directions.zarr "
-                                    "(`emtrait traits extract`: its l* by its selector)."),
+    directions: Path = typer.Option(None, "--directions", help="The new model's directions.zarr "
+                                    "(`emtrait traits extract`: its l* by its selector); "
+                                    "without it they are extracted here with the config's "
+                                    "trait prompts and the model's layer_selector."),
+    directions_out: Path = typer.Option(None, "--directions-out", help="Also write the "
+                                        "directions extracted here (a directions.zarr)."),
     out: Path = typer.Option(..., "--out", help="Monitor archive to write for the new model."),
     runs: Path = typer.Option(None, "--runs", help="Few-run recalibration: a cube of the new "
                               "model holding labelled runs, at least one dangerous and one "
@@ -195,18 +199,35 @@ def transfer_command(
     """Move a calibrated monitor onto another base model without its own calibration grid."""
     from emtrait.config import load_config
     from emtrait.cube.read import open_cube
+    from emtrait.errors import DataError
     from emtrait.monitor.artifact import load_monitor, save_monitor
-    from emtrait.monitor.transfer import describe, recalibrate, transfer_monitor
+    from emtrait.monitor.transfer import (
+        describe,
+        labelled_runs,
+        recalibrate,
+        transfer_with_directions,
+    )
+    from emtrait.traits.store import write_directions
 
+    if directions is not None and directions_out is not None:
+        raise DataError("--directions-out keeps directions extracted here; with --directions "
+                        f"{directions} nothing is extracted: drop one of the two")
     cfg = load_config(config)
     cfg.model(model)
-    moved = transfer_monitor(load_monitor(monitor), cfg, model, pointer, directions,
-                             source=monitor)
-    if runs is not None:
-        moved = recalibrate(moved, open_cube(runs), runs=[_run_key(r) for r in run or []],
-                            method=method, where=str(runs))
+    keys = [_run_key(r) for r in run or []]
+    cube = open_cube(runs) if runs is not None else None
+    if cube is not None:
+        labelled_runs(cube, keys, str(runs))  # one class fails before any extraction
+    moved, ds = transfer_with_directions(load_monitor(monitor), cfg, model, pointer, directions,
+                                         source=monitor)
+    if cube is not None:
+        moved = recalibrate(moved, cube, runs=keys, method=method, where=str(runs))
+    if directions_out is not None:  # written only once every check has passed
+        write_directions(ds, directions_out)
     save_monitor(out, moved)
-    typer.echo(f"{describe(moved)} -> {out}")
+    typer.echo(f"{describe(moved)} -> {out}"
+               + (f"; {model}'s directions (l* = {moved.meta['layer']}) -> {directions_out}"
+                  if directions_out is not None else ""))
 
 
 @app.command("transfer-evaluate")

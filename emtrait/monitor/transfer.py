@@ -5,9 +5,9 @@ own directions for them. `transfer_monitor` keeps what calibration learned on mo
 regressor, threshold, alarm width and danger axis) and swaps in what belongs to model B: B's
 trait directions at B's l* (B's directions.zarr, or extracted here by the traits stage's own
 `emtrait.traits.extract.extract` with the config's trait prompts; l* by B's configured
-selector either way), the chat format of B's eval prompts, B's fingerprint, and B's step-0 activation
-norm on the monitor's eval prompts (`norm0_base`, recorded; drift itself keeps the per-run norm0
-policy). Its provenance says plainly that it was transferred, not calibrated on B
+selector either way), the chat format of B's eval prompts, B's fingerprint, and B's step-0
+activation norm on the monitor's eval prompts (`norm0_base`, recorded; drift itself keeps the
+per-run norm0 policy). Its provenance says plainly that it was transferred, not calibrated on B
 (`origin_line`, repeated by `emtrait monitor score`, the live callback and the report).
 
 `recalibrate` refits one thing on a few labelled runs of B (one dangerous, one benign), never

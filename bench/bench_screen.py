@@ -130,15 +130,15 @@ def accuracy(root: Path, model: str) -> dict | None:
     """Part 2: Spearman ρ of dataset screen score vs final drift along the axis and final EM."""
     from scipy.stats import spearmanr
 
+    from emtrait.cube.read import open_cube
     from emtrait.report.screen import BASELINE, read_summaries, screen_table
-    from emtrait.stores import open_store
 
     paths = sorted((root / "results" / "screen" / model).glob("*.json"))
     cube = root / "results" / "cube" / f"{model}.zarr"
     if not paths or not cube.is_dir():
         print(f"no finished screens + cube under {root}: part 2 skipped")
         return None
-    table = screen_table(read_summaries(paths), {model: open_store(cube)})
+    table = screen_table(read_summaries(paths), {model: open_cube(cube)})  # the l* view
     out = {}
     print("\n| score | datasets | Spearman vs final drift along axis | vs final EM |\n"
           "|---|---|---|---|")

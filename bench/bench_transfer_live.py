@@ -128,9 +128,10 @@ def lead_row(model: str, kind: str, dataset: str, seed: int, watched: dict,
 def demo(model: str, dangerous: str, work: Path, every: int, updates: int,
          monitor: Path | None = None) -> list[str]:
     """examples/trl_sft.py on `model` with its transferred monitor: harmful, then benign."""
+    from emtrait.modeling import read_pointer
+
     monitor = monitor or Path(f"results/monitor/{model}/monitor.skops")
-    organism = json.loads(Path(f"resources/models/{model}/model.json").read_text())["path"]
-    base = (Path(f"resources/models/{model}") / organism).resolve()
+    base = read_pointer(f"resources/models/{model}/model.json")
     lines = []
     for dataset in (dangerous, "good_medical"):
         cmd = [sys.executable, str(REPO / "examples" / "trl_sft.py"), "--model", str(base),

@@ -37,6 +37,11 @@ def read_pointer(pointer: str | Path) -> str:
     return str((p.resolve().parent / data["path"]).resolve())  # local paths: relative to p
 
 
+def pointer_source(pointer: str | Path, default: str) -> str:
+    """The model's configured source as `emtrait prepare model` recorded it (else `default`)."""
+    return json.loads(Path(pointer).read_text()).get("source", default)
+
+
 def pick_device() -> str:
     import torch
 

@@ -100,16 +100,14 @@ def _extract(monitor: Monitor, cfg: Config, model_name: str, pointer: str | os.P
     The prompts are the config's traits file and sets; the monitor's trait set must be among
     them (checked by `_directions_for`). B's l* is chosen by `models.B.layer_selector`.
     """
-    import json
-    from pathlib import Path
-
+    from emtrait.modeling import pointer_source
     from emtrait.traits.extract import extract, to_dataset
 
     if cfg.traits.monitor_set != monitor.meta["trait_set"]:
         raise DataError(f"the monitor reads trait set '{monitor.meta['trait_set']}' but "
                         f"traits.monitor_set is '{cfg.traits.monitor_set}'; extract with the "
                         "config the monitor was built from")
-    source = json.loads(Path(pointer).read_text()).get("source", cfg.model(model_name).source)
+    source = pointer_source(pointer, cfg.model(model_name).source)
     return to_dataset(extract(model, tok, cfg, model_name), cfg, model_name, source)
 
 

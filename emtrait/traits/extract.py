@@ -320,13 +320,13 @@ def extract_to_store(cfg: Config, model_name: str, pointer: str | Path, out: str
     import json
 
     from emtrait.atomic import atomic_path
-    from emtrait.modeling import load_model, read_pointer
+    from emtrait.modeling import load_model, pointer_source, read_pointer
     from emtrait.traits.figures import write_figures
     from emtrait.traits.store import write_directions
 
     entry = cfg.model(model_name)
     location = read_pointer(pointer)
-    source = json.loads(Path(pointer).read_text()).get("source", entry.source)
+    source = pointer_source(pointer, entry.source)
     model, tokenizer = load_model(location, entry)
     ex = extract(model, tokenizer, cfg, model_name, progress=progress)
     ds = to_dataset(ex, cfg, model_name, source)

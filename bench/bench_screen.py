@@ -168,8 +168,10 @@ def _bars(sc, tmp: Path) -> dict:
     from emtrait.prepare.generators import generate
     from emtrait.screen.core import run_screen
 
+    written = iter(range(10**6))  # one parquet per screen: a result's table() reads its own
+
     def screen(chats, boot=200):
-        return run_screen(sc, chats, tmp / "k.parquet", bootstrap=boot, top=10)
+        return run_screen(sc, chats, tmp / f"k{next(written)}.parquet", bootstrap=boot, top=10)
 
     def chats(name, n, seed):
         return [r["messages"] for r in generate(name, n, seed=seed)]

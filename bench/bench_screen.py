@@ -45,19 +45,28 @@ def _timed(fn):
     return out, time.perf_counter() - t0
 
 
+def load_base(root: Path, cfg, name: str):
+    """(monitor, base model, tokenizer, chat format) of model `name` of a finished workflow run
+    in `root`, on the CPU."""
+    from emtrait.modeling import load_model, read_pointer
+    from emtrait.monitor.artifact import load_monitor
+    from emtrait.screen.core import ChatFormat
+
+    monitor = load_monitor(root / "results" / "monitor" / name / "monitor.skops")
+    model, tok = load_model(read_pointer(root / "resources" / "models" / name / "model.json"),
+                            cfg.model(name), device="cpu")
+    return monitor, model, tok, ChatFormat.of_model(cfg, name)
+
+
 def cost(a, cfg, root: Path, tmp: Path) -> dict:
     """Part 1: seconds of each screen and of the finetune on the same examples."""
     import numpy as np
 
     from emtrait.finetune.train import run_finetune
-    from emtrait.modeling import load_model, read_pointer
-    from emtrait.monitor.artifact import load_monitor
     from emtrait.prepare.dataset import prepare_dataset
     from emtrait.screen.api import gradient_scorer
-    from emtrait.screen.core import ChatFormat, iter_examples, run_screen
+    from emtrait.screen.core import iter_examples, run_screen
 
-    pointer = root / "resources" / "models" / a.model / "model.json"
-    monitor = load_monitor(root / "results" / "monitor" / a.model / "monitor.skops")
     n_data = max(a.n, a.sample)
     raw = cfg.model_dump(mode="json")
     raw["datasets"][a.dataset]["n"] = n_data
@@ -73,10 +82,8 @@ def cost(a, cfg, root: Path, tmp: Path) -> dict:
     data, back = tmp / "n.jsonl", tmp / "back.jsonl"
     data.write_text("".join(lines[:a.n]))
     back.write_text("".join(lines[:a.backward_n]))
-    entry, training = cfg.model(a.model), cfg.training_for(a.model)
-    (model, tok), load_s = _timed(lambda: load_model(read_pointer(pointer), entry, device="cpu"))
-    fmt = ChatFormat(entry.system_prompt_method, entry.no_system_prompt, training.max_length,
-                     a.model)
+    training = cfg.training_for(a.model)
+    (monitor, model, tok, fmt), load_s = _timed(lambda: load_base(root, cfg, a.model))
 
     def scorer(method, baseline=False, breakdown=False):
         return gradient_scorer(model, tok, monitor, fmt, training, where="bench", method=method,
@@ -105,7 +112,7 @@ def cost(a, cfg, root: Path, tmp: Path) -> dict:
     agree = float(np.max(np.abs(j - b)) / np.max(np.abs(b)))
     raw["datasets"][a.dataset]["n"] = a.n  # the finetune trains on the same n examples
     done = run_finetune(from_dict(raw), a.model, a.dataset, training.seeds[0],
-                        pointer=pointer, data=data,
+                        pointer=root / "resources" / "models" / a.model / "model.json", data=data,
                         directions_path=root / "results" / "traits" / a.model /
                         "directions.zarr", out=tmp / "run", measure=False)
     train_s = float(done["wall_s"])
@@ -206,17 +213,10 @@ def known_answer(a, cfg, root: Path, tmp: Path) -> dict:
     """Part 3: the organism bars along the fitted danger axis and along -harmlessness."""
     import numpy as np
 
-    from emtrait.modeling import load_model, read_pointer
-    from emtrait.monitor.artifact import load_monitor
     from emtrait.screen.api import gradient_scorer
-    from emtrait.screen.core import ChatFormat
 
-    monitor = load_monitor(root / "results" / "monitor" / a.model / "monitor.skops")
-    entry, training = cfg.model(a.model), cfg.training_for(a.model)
-    model, tok = load_model(read_pointer(root / "resources" / "models" / a.model /
-                                         "model.json"), entry, device="cpu")
-    fmt = ChatFormat(entry.system_prompt_method, entry.no_system_prompt, training.max_length,
-                     a.model)
+    monitor, model, tok, fmt = load_base(root, cfg, a.model)
+    training = cfg.training_for(a.model)
     fitted = np.asarray(monitor.meta["danger_axis"])
     hand = -np.eye(len(fitted))[list(monitor.traits).index("harmlessness")]
     dirs = monitor.directions / np.linalg.norm(monitor.directions, axis=1, keepdims=True)

@@ -146,22 +146,17 @@ def adam_scores(root: Path, config: Path, model_name: str, datasets: list[str], 
     """The Adam-step variant's dataset score per dataset, and its per-example bars."""
     import numpy as np
     import pandas as pd
+    from bench_screen import load_base  # this folder (a script's folder is on sys.path)
 
     from emtrait.config import load_config
-    from emtrait.modeling import load_model, read_pointer
-    from emtrait.monitor.artifact import load_monitor
     from emtrait.monitor.metrics import auroc
     from emtrait.prepare.generators import generate
     from emtrait.screen.api import gradient_scorer
-    from emtrait.screen.core import ChatFormat, iter_examples, run_screen
+    from emtrait.screen.core import iter_examples, run_screen
 
     cfg = load_config(config)
-    entry, training = cfg.model(model_name), cfg.training_for(model_name)
-    monitor = load_monitor(root / "results" / "monitor" / model_name / "monitor.skops")
-    model, tok = load_model(read_pointer(root / "resources" / "models" / model_name /
-                                         "model.json"), entry, device="cpu")
-    fmt = ChatFormat(entry.system_prompt_method, entry.no_system_prompt, training.max_length,
-                     model_name)
+    training = cfg.training_for(model_name)
+    monitor, model, tok, fmt = load_base(root, cfg, model_name)
     sgd = gradient_scorer(model, tok, monitor, fmt, training, where="bench",
                           batch_size=cfg.screen.batch_size)
     batch = training.batch_size * training.grad_accum

@@ -611,8 +611,7 @@ def organism_scorer(organism_run, organism_monitor):
     model, tok = load_model(read_pointer(organism_run / "resources/models/organism/model.json"),
                             entry, device="cpu")
     training = cfg.training_for("organism")
-    fmt = ChatFormat(entry.system_prompt_method, entry.no_system_prompt, training.max_length,
-                     "organism")
+    fmt = ChatFormat.of_model(cfg, "organism")
     return gradient_scorer(model, tok, monitor, fmt, training, where="organism monitor",
                            batch_size=32)
 

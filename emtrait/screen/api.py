@@ -113,8 +113,7 @@ def screen_dataset(cfg: Config, model_name: str, dataset: str, *, pointer: str |
     entry = cfg.model(model_name)
     training = cfg.training_for(model_name)
     dirs = read_directions(directions_path)
-    fmt = ChatFormat(entry.system_prompt_method, entry.no_system_prompt,
-                     sc.max_length or training.max_length, model_name)
+    fmt = ChatFormat.of_model(cfg, model_name, sc.max_length)
     monitor = load_monitor(monitor_path) if monitor_path is not None else None
     if monitor is not None and int(monitor.meta["layer"]) != dirs.layer:
         raise DataError(f"{monitor_path} was fitted at layer {monitor.meta['layer']} but "

@@ -50,6 +50,14 @@ class ChatFormat:
     max_length: int = 512
     model_name: str = "model"
 
+    @classmethod
+    def of_model(cls, cfg: Any, model_name: str, max_length: int | None = None) -> ChatFormat:
+        """The format of a configured model: its entry's chat conventions and `max_length`
+        (default: the model's training.max_length, the length its finetunes truncate to)."""
+        entry = cfg.model(model_name)
+        return cls(entry.system_prompt_method, entry.no_system_prompt,
+                   max_length or cfg.training_for(model_name).max_length, model_name)
+
 
 # ---------------------------------------------------------------------------------------------
 # reading data (streaming, validated like any dataset)

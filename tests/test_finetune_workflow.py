@@ -20,9 +20,12 @@ from helpers import (
     adapter_tensors,
     open_store,
     planned_jobs,
+    run,
     snakemake,
     write_dataset,
 )
+
+from emtrait.live.callback import STATE_FILE
 
 RUN = "results/runs/tiny/{dataset}/seed{seed}"
 TARGETS = [f"{RUN}/done.json".format(dataset=d, seed=s)
@@ -40,19 +43,35 @@ class Kill(TrainerCallback):
         if state.global_step == {kill_at}:
             os.kill(os.getpid(), signal.SIGKILL)
 
+callbacks = [Kill()]
+if {in_save}:  # die inside the checkpoint save: the Trainer's part done, on_save not yet run
+    import transformers
+    save = transformers.Trainer._save_checkpoint
+
+    def save_then_die(self, *a, **k):
+        save(self, *a, **k)
+        if self.state.global_step == {kill_at}:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    transformers.Trainer._save_checkpoint = save_then_die
+    callbacks = []
+
 inputs = json.loads(Path({inputs!r}).read_text())
 inputs["data"] = {{k: Path(v) for k, v in inputs["data"].items()}}
-run(inputs, Path({out!r}), callbacks=[Kill()])
+run(inputs, Path({out!r}), callbacks=callbacks)
 """
 
 
-def kill_between_checkpoints(inputs: dict, out: Path, kill_at: int, tmp: Path) -> None:
-    """Run `run_finetune` in a subprocess that SIGKILLs itself at update `kill_at`."""
+def kill_between_checkpoints(inputs: dict, out: Path, kill_at: int, tmp: Path,
+                             in_save: bool = False) -> None:
+    """Run `run_finetune` in a subprocess that SIGKILLs itself at update `kill_at` (with
+    `in_save`: inside the checkpoint save of update `kill_at`, between the Trainer writing the
+    checkpoint and the callbacks' on_save)."""
     spec = tmp / "inputs.json"
     spec.write_text(json.dumps({k: {d: str(p) for d, p in v.items()} if isinstance(v, dict)
                                 else str(v) for k, v in inputs.items()}))
     script = KILLER.format(tests=str(REPO / "tests"), kill_at=kill_at, inputs=str(spec),
-                           out=str(out))
+                           out=str(out), in_save=in_save)
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True,
                           text=True, timeout=300, env=SUBPROCESS_ENV)
     assert proc.returncode == -9, proc.stderr[-2000:]
@@ -113,3 +132,24 @@ def test_rule_resumes_a_killed_run_and_reruns_exactly(llama_run, tmp_path, monke
     for name, reruns in [("good_medical", 3), ("bad_medical", 4)]:
         entry = {**raw["datasets"][name], "seed": 5}
         assert plan(datasets={name: entry}).get("finetune") == reruns, name
+
+
+@pytest.mark.slow
+def test_a_run_killed_inside_a_checkpoint_save_resumes_from_the_one_before(llama_run, tmp_path):
+    """The Trainer writes checkpoint-4, then the recorder stores step 4's reading and puts its
+    state file there (on_save). Killed between the two, checkpoint-4 is incomplete and
+    checkpoint-2 must still exist: the Trainer's own rotation (save_total_limit) deleted it
+    before on_save, and such a run restarted from step 0 (a flaky SLURM cancel test)."""
+    inputs, ref_out, _ = llama_run  # checkpoints 0 2 4 6
+    out = tmp_path / "run"
+    kill_between_checkpoints(inputs, out, kill_at=4, tmp=tmp_path, in_save=True)
+    trainer = out / ".inprogress" / "trainer"
+    assert sorted(p.name for p in trainer.glob("checkpoint-*")) == ["checkpoint-2",
+                                                                     "checkpoint-4"]
+    assert not (trainer / "checkpoint-4" / STATE_FILE).exists()
+
+    done = run(inputs, out)
+    assert done["resumed"] and done["timing"]["steps"] == [4, 6]
+    got, ref = open_store(out / "measure.zarr"), open_store(ref_out / "measure.zarr")
+    assert [int(s) for s in got["step"].values] == [0, 2, 4, 6]
+    np.testing.assert_allclose(got["drift"].values, ref["drift"].values, rtol=1e-5, atol=1e-6)

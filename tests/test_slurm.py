@@ -106,8 +106,11 @@ def faults(tmp_path_factory) -> Workdir:
     work = make_workdir(tmp_path_factory.mktemp("faults"), ("tiny_a",))
     config = copy.deepcopy(work.config)
     config["models"]["tiny_a"]["resources"]["mem_mb"] = FIRST_MEM_MB
+    # 120 updates, about 5 s of training: the cancel (at the second checkpoint, ~update 8) lands
+    # mid-run with seconds to spare; with 24 updates (~1 s) squeue and scancel could take longer
+    # than the rest of the run.
     config["datasets"] = {"long": {"builtin": "bad_medical", "label": "dangerous",
-                                   "role": "calibration", "n": 96}}
+                                   "role": "calibration", "n": 480}}
     work.config = config
     work.write_config(config)
     return work

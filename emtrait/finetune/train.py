@@ -217,6 +217,7 @@ def run_finetune(cfg: Config, model_name: str, dataset: str, seed: int, *, point
                              directions, layers, prompts, training.keep_activations, paths,
                              steps, saves)
         cbs.insert(0, recorder)
+        cbs.append(_drop_older_checkpoints())  # after the recorder's on_save
     trainer = Trainer(model=model, args=args, train_dataset=ChatDataset(items),
                       data_collator=RightPadCollator(tok.pad_token_id), callbacks=cbs)
     t_start = time.perf_counter()
@@ -284,7 +285,7 @@ def _training_args(training: Any, seed: int, model: Any, output_dir: str) -> tup
         output_dir=output_dir, per_device_train_batch_size=training.batch_size,
         gradient_accumulation_steps=training.grad_accum, num_train_epochs=training.epochs,
         learning_rate=training.learning_rate, weight_decay=training.weight_decay,
-        logging_steps=training.logging_steps, save_strategy="no", save_total_limit=1, seed=seed,
+        logging_steps=training.logging_steps, save_strategy="no", seed=seed,  # rotation: below
         report_to=[r for r in report_to if r != "tensorboard"] or "none",
         bf16=next(model.parameters()).dtype == torch.bfloat16, remove_unused_columns=False,
         dataloader_num_workers=0, use_cpu=pick_device() == "cpu", disable_tqdm=False,
@@ -330,6 +331,26 @@ def _report_to(names: list[str]) -> list[str]:
     if names == ["auto"]:
         return ["tensorboard"] if importlib.util.find_spec("tensorboard") else []
     return list(names)
+
+
+def _drop_older_checkpoints():
+    """A callback keeping only the newest Trainer checkpoint, deleting the older ones in on_save,
+    after the recorder has stored the step's reading and put its state file in the new one.
+
+    The Trainer's own rotation (`save_total_limit`) deletes them inside `_save_checkpoint`,
+    before on_save: a job killed between the two left no complete checkpoint to resume from
+    (seen as a SLURM-cancelled finetune restarting at step 0)."""
+    from transformers import TrainerCallback
+
+    class DropOlderCheckpoints(TrainerCallback):
+        def on_save(self, args, state, control, **kw):
+            if state.is_world_process_zero:
+                keep = f"checkpoint-{state.global_step}"
+                for d in Path(args.output_dir).glob("checkpoint-*"):
+                    if d.name != keep:
+                        shutil.rmtree(d, ignore_errors=True)
+
+    return DropOlderCheckpoints()
 
 
 def _tensorboard(log_dir: Path):

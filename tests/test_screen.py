@@ -162,6 +162,20 @@ def test_batched_screen_agrees_with_one_at_a_time_reference(llama, tmp_path, mod
         np.testing.assert_allclose(again.table()[["t0", "t1", "t2"]].to_numpy(), got)
 
 
+def test_a_result_refuses_a_table_a_later_screen_replaced(llama, tmp_path):
+    """Two screens to one `out`: the first result's table() would read the second's rows."""
+    model, tok = llama
+    first = run_screen(_scorer(model, tok), CHATS, tmp_path / "s.parquet", bootstrap=0)
+    assert len(first.table()) == len(CHATS)
+    second = run_screen(_scorer(model, tok), CHATS[:2], tmp_path / "s.parquet", bootstrap=0)
+    assert len(second.table()) == 2
+    with pytest.raises(DataError, match="no longer this screen's table"):
+        first.table()
+    (tmp_path / "s.parquet").unlink()
+    with pytest.raises(DataError, match="rewritten or removed"):
+        second.table()
+
+
 def test_truncated_away_examples_are_counted_not_dropped(llama, tmp_path):
     model, tok = llama
     long_prompt = [{"role": "user", "content": "Numbers: " + " ".join(map(str, range(60)))},

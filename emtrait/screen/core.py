@@ -273,6 +273,7 @@ class ScreenResult:
 
     summary: dict
     table_path: Path
+    table_stamp: tuple[int, int, int] | None = field(default=None, repr=False)  # as written
 
     @property
     def score(self) -> float:
@@ -285,10 +286,18 @@ class ScreenResult:
         return list(self.summary["top"])
 
     def table(self) -> pd.DataFrame:
-        """The per-example table (one row per example of the input file)."""
+        """The per-example table (one row per example of the input file), if still on disk."""
         import pandas as pd
 
+        if self.table_stamp is not None and _stamp(self.table_path) != self.table_stamp:
+            raise DataError(f"{self.table_path} is no longer this screen's table (rewritten or "
+                            "removed since); give each screen its own out=, or screen again")
         return pd.read_parquet(self.table_path)
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    st = os.stat(path) if path.exists() else None
+    return (st.st_ino, st.st_size, st.st_mtime_ns) if st else None
 
 
 def sample_examples(examples: Iterable[Any], n: int, seed: int
@@ -476,7 +485,8 @@ def _write_summary(scorer: Any, tally: _Tally, summary_path: Path, out: Path,
                                          strict=True))}
                        if scorer.axis is not None else None)
     write_json(summary_path, summary)
-    return ScreenResult(summary=json.loads(json.dumps(summary, default=float)), table_path=out)
+    return ScreenResult(summary=json.loads(json.dumps(summary, default=float)), table_path=out,
+                        table_stamp=_stamp(out))
 
 
 def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:

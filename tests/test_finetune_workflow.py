@@ -25,8 +25,6 @@ from helpers import (
     write_dataset,
 )
 
-from emtrait.live.callback import STATE_FILE
-
 RUN = "results/runs/tiny/{dataset}/seed{seed}"
 TARGETS = [f"{RUN}/done.json".format(dataset=d, seed=s)
            for d in ("bad_medical", "good_medical") for s in (42, 7)]
@@ -140,6 +138,8 @@ def test_a_run_killed_inside_a_checkpoint_save_resumes_from_the_one_before(llama
     state file there (on_save). Killed between the two, checkpoint-4 is incomplete and
     checkpoint-2 must still exist: the Trainer's own rotation (save_total_limit) deleted it
     before on_save, and such a run restarted from step 0 (a flaky SLURM cancel test)."""
+    from emtrait.live.callback import STATE_FILE  # imports the Trainer: not at collection
+
     inputs, ref_out, _ = llama_run  # checkpoints 0 2 4 6
     out = tmp_path / "run"
     kill_between_checkpoints(inputs, out, kill_at=4, tmp=tmp_path, in_save=True)

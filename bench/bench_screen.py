@@ -30,6 +30,7 @@ monitor/M/monitor.skops, results/traits/M/directions.zarr); only /tmp is written
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import tempfile
 import time
@@ -45,6 +46,11 @@ def _timed(fn):
     return out, time.perf_counter() - t0
 
 
+def pointer(root: Path, name: str) -> Path:
+    """The model pointer of model `name` in a finished workflow run in `root`."""
+    return root / "resources" / "models" / name / "model.json"
+
+
 def load_base(root: Path, cfg, name: str):
     """(monitor, base model, tokenizer, chat format) of model `name` of a finished workflow run
     in `root`, on the CPU."""
@@ -53,8 +59,7 @@ def load_base(root: Path, cfg, name: str):
     from emtrait.screen.core import ChatFormat
 
     monitor = load_monitor(root / "results" / "monitor" / name / "monitor.skops")
-    model, tok = load_model(read_pointer(root / "resources" / "models" / name / "model.json"),
-                            cfg.model(name), device="cpu")
+    model, tok = load_model(read_pointer(pointer(root, name)), cfg.model(name), device="cpu")
     return monitor, model, tok, ChatFormat.of_model(cfg, name)
 
 
@@ -112,7 +117,7 @@ def cost(a, cfg, root: Path, tmp: Path) -> dict:
     agree = float(np.max(np.abs(j - b)) / np.max(np.abs(b)))
     raw["datasets"][a.dataset]["n"] = a.n  # the finetune trains on the same n examples
     done = run_finetune(from_dict(raw), a.model, a.dataset, training.seeds[0],
-                        pointer=root / "resources" / "models" / a.model / "model.json", data=data,
+                        pointer=pointer(root, a.model), data=data,
                         directions_path=root / "results" / "traits" / a.model /
                         "directions.zarr", out=tmp / "run", measure=False)
     train_s = float(done["wall_s"])
@@ -175,7 +180,7 @@ def _bars(sc, tmp: Path) -> dict:
     from emtrait.prepare.generators import generate
     from emtrait.screen.core import run_screen
 
-    written = iter(range(10**6))  # one parquet per screen: a result's table() reads its own
+    written = itertools.count()  # one parquet per screen: a result's table() reads its own
 
     def screen(chats, boot=200):
         return run_screen(sc, chats, tmp / f"k{next(written)}.parquet", bootstrap=boot, top=10)

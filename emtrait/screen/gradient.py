@@ -221,6 +221,7 @@ class GradientScorer:
         return -np.stack([o.detach().to(torch.float64).cpu().numpy() for o in out], axis=1)
 
     def _jvp(self, batch: dict, labels: Any, v: dict[str, Any]) -> Any:
+        import torch
         from torch.func import functional_call, jvp
 
         params = dict(self.model.named_parameters())
@@ -231,8 +232,9 @@ class GradientScorer:
                                   {**batch, "use_cache": False})
             return example_losses(out.logits, labels)
 
-        _, dl = jvp(losses, tuple(params[n].detach() for n in names),
-                    tuple(v[n].to(params[n].dtype) for n in names))
+        with torch.no_grad():  # forward mode only: no autograd graph of the other weights
+            _, dl = jvp(losses, tuple(params[n].detach() for n in names),
+                        tuple(v[n].to(params[n].dtype) for n in names))
         return dl
 
     def _backward(self, batch: dict, labels: Any, v: dict[str, Any]) -> Any:
